@@ -1,0 +1,185 @@
+"""python -m hypernet: create, info, convert and check hypernetwork files."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import CreateOptions
+from .errors import HypernetError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line and exits with status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _show(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+def add_option_flags(parser: argparse.ArgumentParser, cls, skip: Sequence[str] = ()) -> None:
+    """One flag per dataclass field; defaults stay in the dataclass (flags default to None = not given)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        meta = f.metadata
+        text = meta.get("help", "")
+        choices = meta.get("choices")
+        if choices and len(choices) <= 12:
+            text += f" [choices: {', '.join(map(str, choices))}]"
+        text += f" (default: {_show(default) if default is not None else 'none'})"
+        if isinstance(default, bool):
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=text)
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, default=None, metavar=f.name.upper(), help=text)
+
+
+def options_from_args(cls, args: argparse.Namespace, **fixed):
+    """Build the dataclass from the flags that were given; the dataclass validates and fills the rest."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if getattr(args, f.name, None) is not None}
+    given.update(fixed)
+    return cls(**given)
+
+
+def _cmd_create(args) -> int:
+    from . import from_options
+    out = Path(args.output)
+    if out.suffix.lower() not in (".pt", ".safetensors"):
+        raise HypernetError(f"{out}: output must end in .pt or .safetensors")
+    if out.exists() and not args.overwrite:
+        raise HypernetError(f"{out}: already exists; add --overwrite to replace it")
+    fixed = {} if args.name is not None else {"name": out.stem}
+    config = options_from_args(CreateOptions, args, **fixed)
+    hn = from_options(config, seed=args.seed)
+    hn.save(out)
+    size = os.path.getsize(out)
+    print(f"created {out} ({_size(size)}, {hn.parameter_count():,} parameters, widths {hn.dims})")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def describe(path) -> dict:
+    """Everything `info` shows about a file, as plain data."""
+    from .files import load, sha256_file, webui_check, load_optimizer
+    hn = load(path)
+    digest = sha256_file(path)
+    c = hn.config
+    made_for = [label for dim, label in ((768, "SD1"), (1024, "SD2"), (2048, "SDXL")) if dim in hn.dims]
+    info = {
+        "file": str(path), "format": "safetensors" if str(path).lower().endswith(".safetensors") else "pt",
+        "size_bytes": os.path.getsize(path), "sha256": digest, "shorthash": digest[:10],
+        "name": c.name, "dims": hn.dims, "step": hn.step, "parameters": hn.parameter_count(),
+        "layer_structure": c.layer_structure, "activation": c.activation, "weight_init": c.weight_init,
+        "layer_norm": c.layer_norm, "dropout_structure": c.dropout_structure,
+        "activate_output": c.activate_output, "sd_checkpoint": hn.sd_checkpoint,
+        "sd_checkpoint_name": hn.sd_checkpoint_name, "base_model_by_width": made_for or None,
+        "optional_info": hn.optional_info,
+    }
+    if info["format"] == "pt":
+        info["webui_loadable"] = webui_check(path) is None
+        try:
+            info["has_optimizer_state"] = load_optimizer(path) is not None
+        except HypernetError:
+            info["has_optimizer_state"] = False
+    return info
+
+
+def _cmd_info(args) -> int:
+    info = describe(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"{key:<{width}}  {_show(value) if value is not None else '-'}")
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from .files import load
+    src, dst = Path(args.input), Path(args.output)
+    if src.resolve() == dst.resolve():
+        raise HypernetError(f"{dst}: input and output are the same file")
+    if dst.exists() and not args.overwrite:
+        raise HypernetError(f"{dst}: already exists; add --overwrite to replace it")
+    hn = load(src)
+    hn.save(dst)
+    print(f"converted {src} -> {dst} ({_size(os.path.getsize(dst))})")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from .files import load, webui_check
+    hn = load(args.file)
+    line = f"ok: {args.file} is a safe hypernetwork '{hn.name}' with widths {hn.dims}, step {hn.step}"
+    if not str(args.file).lower().endswith(".safetensors"):
+        reason = webui_check(args.file)
+        line += ("; the webui's restricted loader accepts it" if reason is None else
+                 f"; note: the webui's restricted loader would refuse it ({reason}); "
+                 f"re-save it with `python -m hypernet convert {args.file} NEW.pt`")
+    print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m hypernet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("create", help="create a new hypernetwork file")
+    p.add_argument("output", help="file to write (.pt or .safetensors)")
+    add_option_flags(p, CreateOptions)
+    p.add_argument("--seed", type=int, default=None, help="seed for the initial weights")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_cmd_create)
+
+    p = sub.add_parser("info", help="show what a hypernetwork file holds")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("convert", help="convert between .pt and .safetensors")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("check", help="load a file safely; exit 2 with the reason if it is refused")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_check)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HypernetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,216 @@
+"""The creation-options dataclass: the one place where defaults and validation rules live."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .errors import ConfigError
+
+_BASE_ACTIVATIONS = {
+    "linear": torch.nn.Identity,
+    "relu": torch.nn.ReLU,
+    "leakyrelu": torch.nn.LeakyReLU,
+    "elu": torch.nn.ELU,
+    "swish": torch.nn.Hardswish,  # the webui's "swish" has always been Hardswish
+    "tanh": torch.nn.Tanh,
+    "sigmoid": torch.nn.Sigmoid,
+}
+
+
+def _constructible_without_arguments(cls) -> bool:
+    try:
+        cls()
+    except Exception:
+        return False
+    return True
+
+
+def _activation_table() -> dict:
+    """Map every activation name the webui accepts (and can build without arguments) to its class."""
+    table = dict(_BASE_ACTIVATIONS)
+    for cls_name, cls in inspect.getmembers(torch.nn.modules.activation, inspect.isclass):
+        if cls.__module__ == "torch.nn.modules.activation" and cls_name.lower() not in table:
+            if _constructible_without_arguments(cls):
+                table[cls_name.lower()] = cls
+    return table
+
+
+ACTIVATIONS: dict = _activation_table()
+WEIGHT_INITS = ("Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal")
+# Widths users pick from: SD1 cross (768), SD2 cross (1024), SDXL cross (2048), self-attention (320/640/1280).
+COMMON_DIMS = (320, 640, 768, 1024, 1280, 2048)
+_BAD_NAME_CHARS = re.compile(r'[\\/:<>"|?*\x00-\x1f]')
+
+
+def _split_numbers(value: Any, field_name: str, convert) -> list:
+    """Turn "1, 2, 1", [1, 2, 1] or (1, 2, 1) into a list of numbers, naming the field on failure."""
+    if isinstance(value, str):
+        parts = [p for p in re.split(r"[,\s]+", value.strip()) if p]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise ConfigError(field_name, f"expected a comma-separated list of numbers, got {value!r}")
+    out = []
+    for part in parts:
+        if isinstance(part, bool):
+            raise ConfigError(field_name, f"expected numbers, got {part!r}")
+        try:
+            number = convert(part)
+        except (TypeError, ValueError):
+            raise ConfigError(field_name, f"{part!r} is not a number; write it like \"1, 2, 1\"") from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(field_name, f"{part!r} is not a finite number")
+        out.append(number)
+    return out
+
+
+def _to_int(value) -> int:
+    number = float(value)
+    if number != int(number):
+        raise ValueError(value)
+    return int(number)
+
+
+@dataclass
+class CreateOptions:
+    """Everything that defines a hypernetwork's architecture; stored in every file it is saved to."""
+
+    name: str = field(default="hypernetwork", metadata={
+        "help": "name stored in the file and used in <hypernet:NAME> tags"})
+    dims: list = field(default_factory=lambda: [768, 320, 640, 1280], metadata={
+        "help": "context widths to create modules for: 768 (SD1 cross), 1024 (SD2 cross), 2048 (SDXL cross), "
+                "320/640/1280 (self-attention)", "choices": COMMON_DIMS})
+    layer_structure: list = field(default_factory=lambda: [1.0, 2.0, 1.0], metadata={
+        "help": "width multipliers of the MLP layers, starting and ending with 1, e.g. \"1, 2, 1\""})
+    activation: str = field(default="relu", metadata={
+        "help": "activation between layers ('linear' for none)", "choices": tuple(ACTIVATIONS)})
+    weight_init: str = field(default="Normal", metadata={
+        "help": "weight initialisation", "choices": WEIGHT_INITS})
+    layer_norm: bool = field(default=False, metadata={
+        "help": "add a LayerNorm after every layer, the output layer included (as the webui does)"})
+    dropout_structure: Optional[list] = field(default=None, metadata={
+        "help": "dropout probability after each layer, same length as the layer structure, e.g. \"0, 0.1, 0\"; "
+                "empty for none"})
+    activate_output: bool = field(default=False, metadata={
+        "help": "also apply the activation after the output layer (legacy behaviour)"})
+
+    def __post_init__(self):
+        self.name = self._check_name(self.name)
+        self.dims = self._check_dims(self.dims)
+        self.layer_structure = self._check_layer_structure(self.layer_structure)
+        self.activation = self._check_choice("activation", "linear" if self.activation is None else self.activation,
+                                             ACTIVATIONS, lower=True)
+        self.weight_init = self._check_choice("weight_init", self.weight_init, WEIGHT_INITS)
+        self.layer_norm = self._check_bool("layer_norm", self.layer_norm)
+        self.activate_output = self._check_bool("activate_output", self.activate_output)
+        self.dropout_structure = self._check_dropout(self.dropout_structure)
+
+    @staticmethod
+    def _check_name(name) -> str:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("name", "must be a non-empty string")
+        name = name.strip()
+        if _BAD_NAME_CHARS.search(name):
+            raise ConfigError("name", f"{name!r} contains a character that cannot be used in a file name or a tag "
+                                      "(\\ / : < > \" | ? *); use letters, digits, spaces, '.', '_' or '-'")
+        if name in (".", "..") or name.lower() == "none":
+            raise ConfigError("name", f"{name!r} is reserved; choose another name")
+        return name
+
+    @staticmethod
+    def _check_dims(dims) -> list:
+        if isinstance(dims, int) and not isinstance(dims, bool):
+            dims = [dims]
+        values = _split_numbers(dims, "dims", _to_int)
+        if not values:
+            raise ConfigError("dims", f"needs at least one width, e.g. {', '.join(map(str, COMMON_DIMS))}")
+        bad = [d for d in values if d <= 0]
+        if bad:
+            raise ConfigError("dims", f"widths must be positive integers, got {bad}")
+        if len(set(values)) != len(values):
+            raise ConfigError("dims", f"each width may appear once, got {values}")
+        return sorted(values)
+
+    @staticmethod
+    def _check_layer_structure(structure) -> list:
+        values = [float(v) for v in _split_numbers(structure, "layer_structure", float)]
+        if len(values) < 2:
+            raise ConfigError("layer_structure", f"needs at least two entries, like \"1, 2, 1\"; got {values}")
+        if values[0] != 1 or values[-1] != 1:
+            raise ConfigError("layer_structure", f"must start and end with 1 (the MLP maps a width back onto itself), "
+                                                 f"e.g. \"1, 2, 1\"; got {_fmt(values)}")
+        if any(v <= 0 for v in values):
+            raise ConfigError("layer_structure", f"every entry must be > 0; got {_fmt(values)}")
+        return values
+
+    @staticmethod
+    def _check_choice(field_name, value, choices, lower=False) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(field_name, f"expected a name, got {value!r}")
+        key = value.strip().lower() if lower else value.strip()
+        if key not in choices:
+            raise ConfigError(field_name, f"unknown value {value!r}; accepted: {', '.join(choices)}")
+        return key
+
+    @staticmethod
+    def _check_bool(field_name, value) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.strip().lower() in ("true", "1", "yes", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(field_name, f"expected true or false, got {value!r}")
+
+    def _check_dropout(self, dropout) -> list:
+        if dropout is None or (isinstance(dropout, str) and not dropout.strip()):
+            return [0.0] * len(self.layer_structure)
+        values = [float(v) for v in _split_numbers(dropout, "dropout_structure", float)]
+        if len(values) != len(self.layer_structure):
+            raise ConfigError("dropout_structure", f"needs {len(self.layer_structure)} entries, one per entry of "
+                                                   f"layer_structure {_fmt(self.layer_structure)}; got {_fmt(values)}")
+        bad = [v for v in values if not 0 <= v < 1]
+        if bad:
+            raise ConfigError("dropout_structure", f"each entry must be in [0, 1); got {_fmt(bad)}")
+        return values
+
+    def widths(self, dim: int) -> list:
+        """The layer widths for one context width, truncated with int() as the webui does."""
+        return [int(dim * m) for m in self.layer_structure]
+
+    @property
+    def use_dropout(self) -> bool:
+        return any(p > 0 for p in self.dropout_structure)
+
+    def replace(self, **changes) -> "CreateOptions":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_info(cls) -> list:
+        """(name, default, metadata) for each option, in order; UIs, CLI and API build from this."""
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out.append((f.name, default, dict(f.metadata)))
+        return out
+
+
+def parse_dropout_structure(layer_structure, use_dropout: bool, last_layer_dropout: bool) -> list:
+    """The webui's legacy dropout structure for files that only say use_dropout / last_layer_dropout."""
+    n = len(layer_structure)
+    if not use_dropout:
+        return [0.0] * n
+    return [0.0] + [0.3] * (n - 3) + [0.3 if last_layer_dropout else 0.0] + [0.0]
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"

@@ -1,0 +1,175 @@
+"""A folder of hypernetwork files: listing, name resolution, an mtime-checked LRU cache, and hashes."""
+from __future__ import annotations
+
+import difflib
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+from .errors import NotFoundError
+from .files import ST_SUFFIX, load, sha256_file
+from .network import Hypernetwork
+
+SUFFIXES = (".pt", ST_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One hypernetwork file in the library."""
+
+    name: str        # file stem, what a tag names
+    path: str        # absolute path
+    relpath: str     # path relative to the library folder, with '/' separators
+    size: int
+    mtime_ns: int
+
+    @property
+    def format(self) -> str:
+        return "safetensors" if self.path.lower().endswith(ST_SUFFIX) else "pt"
+
+
+def _stat_key(path: str) -> Tuple[int, int]:
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size
+
+
+class Library:
+    """Hypernetworks under one or more folders, scanned recursively; loaded files cached by path and mtime."""
+
+    def __init__(self, *folders, cache_size: int = 4):
+        self.folders = [Path(f) for f in folders]
+        self.cache_size = max(0, int(cache_size))
+        self._entries: List[Entry] = []
+        self._cache: "OrderedDict[str, Tuple[Tuple[int, int], Hypernetwork]]" = OrderedDict()
+        self._hashes: Dict[str, Tuple[Tuple[int, int], str]] = {}
+        self._lock = threading.RLock()
+        self.refresh()
+
+    # ------------------------------------------------------------------------------------------ listing
+    def refresh(self) -> List[Entry]:
+        """Rescan the folders; returns the entries sorted case-insensitively by relative path."""
+        entries = []
+        for folder in self.folders:
+            if not folder.is_dir():
+                continue
+            for root, dirs, files in os.walk(folder, followlinks=True):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for fname in files:
+                    if fname.startswith(".") or not fname.lower().endswith(SUFFIXES):
+                        continue
+                    path = os.path.join(root, fname)
+                    stem = os.path.splitext(fname)[0]
+                    if stem == "None":  # the webui reserves it for "no hypernetwork"
+                        continue
+                    try:
+                        mtime, size = _stat_key(path)
+                    except OSError:
+                        continue
+                    rel = os.path.relpath(path, folder).replace(os.sep, "/")
+                    entries.append(Entry(stem, os.path.abspath(path), rel, size, mtime))
+        entries.sort(key=lambda e: e.relpath.lower())
+        with self._lock:
+            self._entries = entries
+        return list(entries)
+
+    @property
+    def entries(self) -> List[Entry]:
+        return list(self._entries)
+
+    def names(self) -> List[str]:
+        return sorted({e.name for e in self._entries}, key=str.lower)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    # ------------------------------------------------------------------------------------------ resolving
+    def _matches(self, name: str, fold: bool) -> List[Entry]:
+        key = name.replace("\\", "/")
+        norm = (lambda s: s.lower()) if fold else (lambda s: s)
+        out = []
+        for e in self._entries:
+            rel_stem = os.path.splitext(e.relpath)[0]
+            if norm(e.name) == norm(key) or norm(rel_stem) == norm(key) or norm(e.relpath) == norm(key):
+                out.append(e)
+        return out
+
+    @staticmethod
+    def _prefer_one(found: List[Entry]) -> List[Entry]:
+        # The same stem as .pt and .safetensors in one folder is one network in two formats (e.g. after
+        # `convert`); take the safetensors copy since it needs no unpickling.
+        folders = {os.path.dirname(e.path) + "/" + e.name for e in found}
+        if len(folders) == 1 and len(found) > 1:
+            return [e for e in found if e.format == "safetensors"][:1] or found[:1]
+        return found
+
+    def resolve(self, name: str) -> Entry:
+        """The one entry called `name`: exact match first, then case-insensitive; NotFoundError otherwise."""
+        for attempt in range(2):
+            for fold in (False, True):
+                found = self._prefer_one(self._matches(name, fold))
+                if len(found) == 1:
+                    return found[0]
+                if len(found) > 1:
+                    paths = ", ".join(e.relpath for e in found)
+                    raise NotFoundError(f"hypernetwork name {name!r} is ambiguous: {paths}; write the relative "
+                                        "path instead, e.g. <hypernet:folder/name>, or rename one")
+            if attempt == 0:
+                self.refresh()  # a file added since the last scan should just work
+        close = difflib.get_close_matches(name, self.names(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        where = ", ".join(str(f) for f in self.folders)
+        raise NotFoundError(f"no hypernetwork named {name!r} in {where}.{hint}")
+
+    # ------------------------------------------------------------------------------------------ loading
+    def load(self, name_or_entry: Union[str, Entry]) -> Hypernetwork:
+        """The loaded hypernetwork (never its .optim), reused only while the file's mtime and size are unchanged."""
+        entry = name_or_entry if isinstance(name_or_entry, Entry) else self.resolve(name_or_entry)
+        stamp = _stat_key(entry.path)
+        with self._lock:
+            hit = self._cache.get(entry.path)
+            if hit is not None and hit[0] == stamp:
+                self._cache.move_to_end(entry.path)
+                return hit[1]
+        hn = load(entry.path)
+        with self._lock:
+            if self.cache_size:
+                self._cache[entry.path] = (stamp, hn)
+                self._cache.move_to_end(entry.path)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return hn
+
+    def cached_paths(self) -> List[str]:
+        return list(self._cache.keys())
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    # ------------------------------------------------------------------------------------------ hashes
+    def sha256(self, name_or_entry: Union[str, Entry]) -> str:
+        entry = name_or_entry if isinstance(name_or_entry, Entry) else self.resolve(name_or_entry)
+        stamp = _stat_key(entry.path)
+        hit = self._hashes.get(entry.path)
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, sha256_file(entry.path))
+            self._hashes[entry.path] = hit
+        return hit[1]
+
+    def shorthash(self, name_or_entry: Union[str, Entry]) -> str:
+        """The webui's short hash (first 10 hex digits of sha256)."""
+        return self.sha256(name_or_entry)[:10]
+
+    def find_by_hash(self, short: str) -> Optional[Entry]:
+        """The entry whose sha256 starts with `short`, hashing files as needed."""
+        short = short.lower()
+        for entry in self._entries:
+            if self.sha256(entry).startswith(short):
+                return entry
+        return None
