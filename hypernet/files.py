@@ -187,12 +187,13 @@ def _torch_load(path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        found = re.search(r"Unsupported (?:global|operand)[^.\n]*", text)
-        if found or "weights_only" in text.lower():
-            what = found.group(0).strip() if found else "it references objects a weights file never needs"
-            raise UnsafeFileError(path, f"refused: the file may be malicious ({what}); a hypernetwork holds only "
-                                        "tensors and plain values, so it was not loaded and nothing in it ran") from None
-        raise FileFormatError(path, f"not a readable PyTorch file ({_short(exc)})") from None
+        found = re.search(r"(?:Unsupported global|unsupported GLOBAL|Unsupported class)[^\n]*", text)
+        if found:
+            raise UnsafeFileError(path, f"refused: the file may be malicious ({found.group(0).strip()}); a "
+                                        "hypernetwork holds only tensors and plain values, so it was not loaded and "
+                                        "nothing in it ran") from None
+        detail = text.split("\n")[-1].strip() if "Weights only load failed" in text else _short(exc)
+        raise FileFormatError(path, f"not a readable PyTorch file, truncated or corrupt ({detail})") from None
     except Exception as exc:  # torch raises many types for truncated or garbage archives
         raise FileFormatError(path, f"not a readable PyTorch file, truncated or corrupt ({_short(exc)})") from None
 
@@ -305,6 +306,7 @@ def hypernetwork_from_state(obj, path) -> Hypernetwork:
         raise FileFormatError(path, f"invalid layer width(s) {bad}")
     meta = {k: v for k, v in obj.items() if isinstance(k, str)}
     config = config_from_metadata(meta, sorted(layers), path)
+    step = _meta_get(meta, "step", 0, int, path)
     with torch.device("meta"):
         hn = Hypernetwork(config)
     for dim in config.dims:
@@ -319,7 +321,7 @@ def hypernetwork_from_state(obj, path) -> Hypernetwork:
         for name, param in module.named_parameters(recurse=False):
             if param.is_meta:
                 raise FileFormatError(path, f"parameter {name} was not in the file")
-    hn.step = _meta_get(meta, "step", 0, int, path)
+    hn.step = step
     hn.sd_checkpoint = meta.get("sd_checkpoint") if isinstance(meta.get("sd_checkpoint"), str) else None
     hn.sd_checkpoint_name = meta.get("sd_checkpoint_name") if isinstance(meta.get("sd_checkpoint_name"), str) else None
     hn.optional_info = meta.get("optional_info") if isinstance(meta.get("optional_info"), str) else None

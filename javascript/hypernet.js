@@ -1,0 +1,1 @@
+// hypernet webui extension: client-side helpers are added with the extension UI.

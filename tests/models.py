@@ -1,0 +1,155 @@
+"""Tiny real UNets for tests: the original ldm UNetModel (webui SD1/SD2) and diffusers UNet2DConditionModel
+shaped like SD1, SD2 and SDXL. Everything is built in code with a fixed seed; nothing is downloaded.
+
+Widths (what a hypernetwork keys on):
+    ldm            self-attention 32, 64        cross-attention `context_dim` (default 32)
+    diffusers sd1  self-attention 32, 64        cross-attention 768
+    diffusers sd2  self-attention 32, 64        cross-attention 1024
+    diffusers sdxl self-attention 64 only       cross-attention 2048   (first block has no attention, as in SDXL)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+SELF_WIDTHS = {"ldm": [32, 64], "sd1": [32, 64], "sd2": [32, 64], "sdxl": [64]}
+CROSS_WIDTH = {"sd1": 768, "sd2": 1024, "sdxl": 2048}
+TOKENS = 8  # context length used by unet_inputs (77 in real SD; any length works)
+
+
+@torch.no_grad()
+def _reinit_zeros(model: nn.Module, seed: int, std: float = 0.02) -> nn.Module:
+    """ldm zero-initialises its output conv and every transformer proj_out, so a fresh UNet outputs exactly 0
+    and its attention has no effect on the output; give those parameters small random values instead."""
+    gen = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        if param.numel() and not param.any():
+            param.copy_(torch.randn(param.shape, generator=gen) * std)
+    return model
+
+
+def _cast_time_embed_input(module, args):
+    # The webui casts timestep_embedding's float32 output to the UNet's dtype (sd_hijack_unet.py); without it a
+    # half/bfloat16 ldm UNet fails in time_embed. A no-op for a float32 UNet.
+    weight = module[0].weight
+    if args and args[0].dtype != weight.dtype:
+        return (args[0].to(weight.dtype),) + tuple(args[1:])
+    return None
+
+
+def tiny_ldm_unet(context_dim: int = 32, *, model_channels: int = 32, channel_mult=(1, 2), num_heads: int = 2,
+                  transformer_depth: int = 1, use_linear_in_transformer: bool = False, seed: int = 0) -> nn.Module:
+    """The original ldm.modules.diffusionmodules.openaimodel.UNetModel, tiny (4-channel latent, 8x8 works)."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNetModel(image_size=8, in_channels=4, model_channels=model_channels, out_channels=4,
+                         num_res_blocks=1, attention_resolutions=(1, 2), channel_mult=tuple(channel_mult),
+                         num_heads=num_heads, use_spatial_transformer=True, transformer_depth=transformer_depth,
+                         context_dim=context_dim, use_checkpoint=False, legacy=False,
+                         use_linear_in_transformer=use_linear_in_transformer)
+    _reinit_zeros(unet, seed + 1)
+    unet.time_embed.register_forward_pre_hook(_cast_time_embed_input)
+    return unet.eval()
+
+
+def is_ldm(unet: nn.Module) -> bool:
+    return type(unet).__module__.startswith("ldm.")
+
+
+def tiny_diffusers_unet(kind: str = "sd1", *, seed: int = 0) -> nn.Module:
+    """diffusers UNet2DConditionModel with tiny blocks; kind is 'sd1', 'sd2' or 'sdxl'."""
+    from diffusers import UNet2DConditionModel
+
+    common = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                  norm_num_groups=8)
+    if kind == "sd1":
+        config = dict(common, cross_attention_dim=768, attention_head_dim=8,
+                      down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+    elif kind == "sd2":
+        config = dict(common, cross_attention_dim=1024, attention_head_dim=[2, 4], use_linear_projection=True,
+                      down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+    elif kind == "sdxl":
+        config = dict(common, cross_attention_dim=2048, attention_head_dim=[2, 4], use_linear_projection=True,
+                      down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                      transformer_layers_per_block=[1, 2],
+                      addition_embed_type="text_time", addition_time_embed_dim=8,
+                      # text_embeds (pooled, 32 wide here; 1280 in SDXL) + 6 time ids * addition_time_embed_dim
+                      projection_class_embeddings_input_dim=32 + 6 * 8)
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**config)
+    return unet.eval()
+
+
+def tiny_unet(kind: str, *, seed: int = 0, **kwargs) -> nn.Module:
+    """'ldm' or one of the diffusers kinds."""
+    if kind == "ldm":
+        return tiny_ldm_unet(seed=seed, **kwargs)
+    return tiny_diffusers_unet(kind, seed=seed, **kwargs)
+
+
+def cross_width(unet: nn.Module) -> int:
+    if is_ldm(unet):
+        for module in unet.modules():
+            if type(module).__name__ == "BasicTransformerBlock":
+                return module.attn2.to_k.in_features
+        raise ValueError("ldm UNet without transformer blocks")
+    return int(unet.config.cross_attention_dim)
+
+
+def unet_dtype(unet: nn.Module) -> torch.dtype:
+    return next(unet.parameters()).dtype
+
+
+def set_dtype(unet: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """unet.to(dtype), plus the ldm UNet's own `dtype` attribute, which its forward casts the latent to."""
+    unet.to(dtype)
+    if is_ldm(unet):
+        unet.dtype = dtype
+    return unet
+
+
+def unet_inputs(unet: nn.Module, batch: int = 2, seed: int = 0, *, size: int = 8, tokens: int = TOKENS,
+                dtype: Optional[torch.dtype] = None) -> dict:
+    """Keyword arguments for one forward of `unet`: `call_unet(unet, **unet_inputs(unet))`.
+
+    diffusers: sample, timestep, encoder_hidden_states (+ added_cond_kwargs for SDXL).
+    ldm: x, timesteps, context (the arguments of UNetModel.forward).
+    Tensors are in the UNet's dtype unless `dtype` says otherwise.
+    """
+    dtype = dtype or unet_dtype(unet)
+    gen = torch.Generator().manual_seed(seed)
+    sample = torch.randn(batch, 4, size, size, generator=gen).to(dtype)
+    timestep = torch.randint(0, 1000, (batch,), generator=gen)
+    context = torch.randn(batch, tokens, cross_width(unet), generator=gen).to(dtype)
+    if is_ldm(unet):
+        return {"x": sample, "timesteps": timestep, "context": context}
+    kwargs = {"sample": sample, "timestep": timestep, "encoder_hidden_states": context}
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, pooled, generator=gen).to(dtype),
+            "time_ids": torch.tensor([[size * 8, size * 8, 0, 0, size * 8, size * 8]] * batch).to(dtype),
+        }
+    return kwargs
+
+
+def call_unet(unet: nn.Module, **inputs) -> torch.Tensor:
+    """One forward, returning the predicted noise tensor for either kind of UNet."""
+    if is_ldm(unet):
+        return unet(inputs["x"], timesteps=inputs["timesteps"], context=inputs["context"])
+    return unet(**inputs, return_dict=False)[0]
+
+
+def forward(unet: nn.Module, batch: int = 2, seed: int = 0, **kwargs) -> torch.Tensor:
+    """call_unet(unet, **unet_inputs(unet, batch, seed, **kwargs))"""
+    return call_unet(unet, **unet_inputs(unet, batch, seed, **kwargs))
