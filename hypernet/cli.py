@@ -144,6 +144,41 @@ def _cmd_check(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    import torch
+    from .config import TrainOptions
+    from .hosts.diffusers import DiffusersHost, load_pipeline
+    from .train import Trainer
+    create_given = [f.name for f in dataclasses.fields(CreateOptions)
+                    if f.name != "name" and getattr(args, f.name) is not None]
+    if args.hypernetwork and create_given:
+        raise HypernetError(f"--hypernetwork continues an existing file; drop the creation flags "
+                            f"({', '.join(_flag(n) for n in create_given)}) or train a new one without it")
+    options = options_from_args(TrainOptions, args)
+    if not options.data:
+        raise HypernetError("--data: give the folder of training images")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or (
+        "fp32" if device == "cpu" else "fp16")]
+    pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind)
+    host = DiffusersHost(pipe, device=device, dtype=dtype)
+    create = None
+    if not args.hypernetwork:
+        fixed = {} if args.dims is not None else {"dims": host.model_dims()}
+        if args.name is None:
+            fixed["name"] = Path(options.data).resolve().name or "hypernetwork"
+        create = options_from_args(CreateOptions, args, **fixed)
+    trainer = Trainer(host, options, args.hypernetwork, create, name=args.name if args.hypernetwork else None)
+    result = trainer.run()
+    if result.stopped == "already-done":
+        print(f"{trainer.name} is already at step {result.step} of {options.steps}; nothing to do")
+        return 0
+    print(f"{result.stopped} at step {result.step}: {result.output}")
+    print(f"run folder: {result.run_dir} (hypernetwork_loss.csv, loss.png, settings.json, "
+          f"{len(result.saved)} copies, {len(result.previews)} previews)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m hypernet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -165,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("train", help="train a hypernetwork on a diffusers model, headless")
+    p.add_argument("--model", required=True, help="diffusers folder, or a .safetensors/.ckpt checkpoint")
+    p.add_argument("--model-kind", choices=("auto", "sd", "sdxl"), default="auto",
+                   help="for single-file checkpoints: which pipeline class to use")
+    p.add_argument("--hypernetwork", help="continue training this .pt/.safetensors (with its .optim if present)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="frozen model weights' precision")
+    from .config import TrainOptions
+    add_option_flags(p, TrainOptions)
+    add_option_flags(p, CreateOptions)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("check", help="load a file safely; exit 2 with the reason if it is refused")
     p.add_argument("file")

@@ -214,3 +214,152 @@ def parse_dropout_structure(layer_structure, use_dropout: bool, last_layer_dropo
 
 def _fmt(values) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+RESIZE_MODES = ("crop", "stretch", "buckets")
+LATENT_SAMPLING = ("once", "deterministic", "random")
+OPTIMIZERS = ("AdamW", "Adam", "SGD", "AdamW8bit")
+CLIP_MODES = ("disabled", "value", "norm")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+LR_SHAPES = ("constant", "cosine")
+
+
+def _opt(default, help_text, **extra):
+    """A dataclass field with CLI/UI metadata."""
+    meta = {"help": help_text, **extra}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainOptions:
+    """Every training option; the CLI flags, UI defaults, API model and settings.json all come from here."""
+
+    # data
+    data: str = _opt("", "folder of training images (captions in <image>.txt or the file name)", group="data")
+    recursive: bool = _opt(False, "also read images in sub-folders", group="data")
+    template: str = _opt("style_filewords", "prompt template: a shipped name (style, style_filewords, subject, "
+                         "subject_filewords, hypernetwork, none) or a .txt file of lines with [name] and [filewords]",
+                         group="data")
+    width: int = _opt(512, "training width (multiple of 8; the maximum area with buckets)", group="data")
+    height: int = _opt(512, "training height (multiple of 8)", group="data")
+    resize: str = _opt("crop", "fit images to width x height: center crop, stretch (the webui's way) or aspect "
+                       "buckets", choices=RESIZE_MODES, group="data")
+    flip: bool = _opt(False, "random horizontal flips", group="data")
+    filename_regex: str = _opt("", "regex whose matches in the file name form the caption when there is no .txt "
+                               "(the webui's dataset_filename_word_regex)", group="data")
+    filename_join: str = _opt(" ", "string joining those matches", group="data")
+    shuffle_tags: bool = _opt(False, "shuffle comma-separated caption tags each step", group="data")
+    tag_dropout: float = _opt(0.0, "probability of dropping each caption tag each step", group="data")
+    keep_tags: int = _opt(0, "keep the first N tags fixed when shuffling or dropping", group="data")
+    latent_sampling: str = _opt("once", "VAE latents: one fixed sample, the mean, or a new sample each use",
+                                choices=LATENT_SAMPLING, group="data")
+    use_alpha_weight: bool = _opt(False, "use image transparency as a per-pixel loss weight", group="data")
+    latent_cache_dir: str = _opt("", "folder for a disk cache of encoded latents (empty: memory only)", group="data")
+    # optimisation
+    steps: int = _opt(1000, "train until this many steps in total (a resumed file counts its steps)", group="train")
+    batch_size: int = _opt(1, "images per batch", group="train")
+    gradient_accumulation: int = _opt(1, "batches per optimizer step", group="train")
+    learning_rate: str = _opt("0.00001", "learning rate, or a schedule \"rate:step, rate:step, rate\"", group="train")
+    lr_warmup_steps: int = _opt(0, "linear warmup over the first N steps", group="train")
+    lr_shape: str = _opt("constant", "multiply the schedule by a cosine decay to zero over the run",
+                         choices=LR_SHAPES, group="train")
+    optimizer: str = _opt("AdamW", "optimizer", choices=OPTIMIZERS, group="train")
+    weight_decay: float = _opt(0.01, "weight decay (AdamW's default)", group="train")
+    beta1: float = _opt(0.9, "Adam beta1 (SGD momentum)", group="train")
+    beta2: float = _opt(0.999, "Adam beta2", group="train")
+    eps: float = _opt(1e-8, "Adam epsilon", group="train")
+    clip_grad_mode: str = _opt("disabled", "gradient clipping", choices=CLIP_MODES, group="train")
+    clip_grad_value: str = _opt("0.1", "clip threshold, or a schedule like the learning rate", group="train")
+    min_snr_gamma: float = _opt(0.0, "min-SNR loss weighting gamma (0 = off; 5 is common)", group="train")
+    noise_offset: float = _opt(0.0, "noise offset (0 = off; 0.05-0.1 helps very dark or bright images)",
+                               group="train")
+    timestep_min: int = _opt(0, "lowest training timestep", group="train")
+    timestep_max: int = _opt(1000, "highest training timestep (exclusive)", group="train")
+    mixed_precision: str = _opt("auto", "autocast precision on CUDA (auto: bf16 where supported, else fp16)",
+                                choices=PRECISIONS, group="train")
+    gradient_checkpointing: bool = _opt(False, "recompute UNet blocks in backward to save memory", group="train")
+    max_nan_steps: int = _opt(5, "stop after this many non-finite losses in a row", group="train")
+    seed: int = _opt(-1, "random seed (-1: pick one and record it)", group="train")
+    # output
+    log_dir: str = _opt("logs", "folder for dated run folders with copies, previews and the loss log",
+                        group="output")
+    output: str = _opt("", "where the final file goes (default: <log_dir>/<name>.pt)", group="output")
+    save_every: int = _opt(500, "save a numbered copy every N steps (0 = never)", group="output")
+    save_optimizer_state: bool = _opt(True, "write a .optim beside each save, for exact resume", group="output")
+    log_every: int = _opt(10, "write a loss CSV row every N steps", group="output")
+    tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)", group="output")
+    preview_every: int = _opt(500, "generate a preview image every N steps (0 = never)", group="preview")
+    preview_prompt: str = _opt("", "preview prompt (empty: the current batch's caption)", group="preview")
+    preview_negative_prompt: str = _opt("", "preview negative prompt", group="preview")
+    preview_steps: int = _opt(20, "preview sampling steps", group="preview")
+    preview_cfg_scale: float = _opt(7.0, "preview guidance scale", group="preview")
+    preview_seed: int = _opt(-1, "preview seed (-1: random)", group="preview")
+    preview_width: int = _opt(0, "preview width (0: training width)", group="preview")
+    preview_height: int = _opt(0, "preview height (0: training height)", group="preview")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            setattr(self, f.name, _coerce(f.name, value, type(default)))
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f.name, f"unknown value {value!r}; accepted: {', '.join(choices)}")
+        positive = ("width", "height", "steps", "batch_size", "gradient_accumulation", "preview_steps",
+                    "max_nan_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        for name in ("width", "height"):
+            if getattr(self, name) % 8:
+                raise ConfigError(name, f"must be a multiple of 8, got {getattr(self, name)}")
+        for name in ("save_every", "preview_every", "log_every", "lr_warmup_steps", "keep_tags",
+                     "preview_width", "preview_height", "weight_decay", "eps", "min_snr_gamma", "noise_offset"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.tag_dropout < 1:
+            raise ConfigError("tag_dropout", f"must be in [0, 1), got {self.tag_dropout}")
+        if not 0 <= self.timestep_min < self.timestep_max <= 1000:
+            raise ConfigError("timestep_max", f"need 0 <= timestep_min < timestep_max <= 1000, got "
+                                              f"{self.timestep_min}..{self.timestep_max}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
+        from .schedule import parse_schedule
+        parse_schedule(self.learning_rate, self.steps, field="learning_rate")
+        if self.clip_grad_mode != "disabled":
+            parse_schedule(self.clip_grad_value, self.steps, field="clip_grad_value")
+
+    def replace(self, **changes) -> "TrainOptions":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, value, kind):
+    """Accept the string forms UIs and APIs send, and refuse anything else with the field named."""
+    if kind is bool:
+        return CreateOptions._check_bool(name, value)
+    if kind is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and name in (
+                "learning_rate", "clip_grad_value"):
+            return repr(float(value))  # the API may send a number
+        if not isinstance(value, str):
+            raise ConfigError(name, f"expected text, got {value!r}")
+        return value
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+        if kind is int:
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if not math.isfinite(number):
+            raise ValueError
+        return number
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"expected {'a whole number' if kind is int else 'a number'}, got {value!r}") from None

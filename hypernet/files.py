@@ -164,9 +164,10 @@ def optim_path(path) -> str:
     return str(path) + ".optim"
 
 
-def save_optimizer(path, optimizer_name: str, optimizer_state: dict) -> str:
-    """Write <path>.optim the webui's way, with the hash of the file it belongs to."""
-    data = {"optimizer_name": optimizer_name, "hash": shorthash(path), "optimizer_state_dict": optimizer_state}
+def save_optimizer(path, optimizer_name: str, optimizer_state: dict, extra: Optional[dict] = None) -> str:
+    """Write <path>.optim the webui's way, with the hash of the file it belongs to (extra keys: the webui ignores them)."""
+    data = {"optimizer_name": optimizer_name, "hash": shorthash(path), "optimizer_state_dict": optimizer_state,
+            **(extra or {})}
     target = optim_path(path)
     atomic_write(target, webui_torch_bytes(data))
     return target
@@ -380,6 +381,8 @@ def load(path, *, with_optimizer: bool = False) -> Hypernetwork:
         if state is not None:
             hn.optimizer_name = state["optimizer_name"]
             hn.optimizer_state_dict = state["optimizer_state_dict"]
+            hn.optimizer_extra = {k: v for k, v in state.items()
+                                  if k not in ("optimizer_name", "hash", "optimizer_state_dict")}
     return hn
 
 
@@ -395,8 +398,7 @@ def load_optimizer(path, *, expected_hash: Optional[str] = None) -> Optional[dic
     if data.get("hash") != wanted:
         return None
     name = data.get("optimizer_name")
-    return {"optimizer_name": name if isinstance(name, str) else "AdamW", "hash": data["hash"],
-            "optimizer_state_dict": data["optimizer_state_dict"]}
+    return {**data, "optimizer_name": name if isinstance(name, str) else "AdamW"}
 
 
 # ---------------------------------------------------------------------------------------------- webui check

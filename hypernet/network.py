@@ -77,6 +77,7 @@ class Hypernetwork(nn.Module):
         self.filename: Optional[str] = None
         self.optimizer_name: Optional[str] = None
         self.optimizer_state_dict: Optional[dict] = None
+        self.optimizer_extra: dict = {}
         self.layers = nn.ModuleDict({
             str(dim): nn.ModuleList([HypernetworkModule(dim, self.config), HypernetworkModule(dim, self.config)])
             for dim in self.config.dims

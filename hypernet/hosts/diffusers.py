@@ -1,0 +1,189 @@
+"""The diffusers host: SD1.x, SD2.x (v-prediction) and SDXL pipelines, from an object or a local path."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import HypernetError
+
+
+def _require_diffusers():
+    try:
+        import diffusers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise HypernetError("the diffusers host needs `pip install diffusers transformers` "
+                            "(or `pip install -e .[diffusers]`)") from None
+
+
+def load_pipeline(path, *, dtype=torch.float32, kind: str = "auto"):
+    """A diffusers pipeline from a local folder or a single .safetensors/.ckpt file, never from a hub."""
+    _require_diffusers()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import diffusers
+    path = Path(path)
+    if not path.exists():
+        raise HypernetError(f"--model {path}: not found; give a diffusers folder (with model_index.json) or a "
+                            ".safetensors/.ckpt checkpoint file")
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.exists():
+            raise HypernetError(f"--model {path}: folder has no model_index.json; it is not a diffusers pipeline")
+        try:
+            cls_name = json.loads(index.read_text())["_class_name"]
+            cls = getattr(diffusers, cls_name)
+            return cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True,
+                                       safety_checker=None) if "safety_checker" in index.read_text() else \
+                cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+        except HypernetError:
+            raise
+        except Exception as exc:
+            raise HypernetError(f"--model {path}: cannot load this diffusers folder ({str(exc).splitlines()[0]})") from None
+    if path.suffix.lower() not in (".safetensors", ".ckpt"):
+        raise HypernetError(f"--model {path}: expected a .safetensors or .ckpt checkpoint, or a diffusers folder")
+    cls = diffusers.StableDiffusionXLPipeline if kind == "sdxl" else diffusers.StableDiffusionPipeline
+    try:
+        return cls.from_single_file(str(path), torch_dtype=dtype, local_files_only=True)
+    except Exception as exc:
+        raise HypernetError(
+            f"--model {path}: loading a single-file checkpoint needs the model's config files, which diffusers "
+            f"fetches from a hub that is not reachable here ({str(exc).splitlines()[0][:160]}). Convert the "
+            "checkpoint to a diffusers folder on a machine with access, or pass --model a diffusers folder") from None
+
+
+class DiffusersHost:
+    """Trainer-facing adapter for a diffusers StableDiffusion(XL)Pipeline."""
+
+    def __init__(self, pipe, device=None, dtype: Optional[torch.dtype] = None):
+        _require_diffusers()
+        from diffusers import DDPMScheduler
+        self.pipe = pipe
+        self.unet = pipe.unet
+        self.vae = pipe.vae
+        self.tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
+        self.text_encoders = [t for t in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if t is not None]
+        self.is_sdxl = getattr(pipe, "text_encoder_2", None) is not None
+        self.device = torch.device(device) if device is not None else self.unet.device
+        self.dtype = dtype or self.unet.dtype
+        for tok in self.tokenizers:
+            if len(tok) < 2:
+                raise HypernetError("the pipeline's tokenizer is empty (HF_HUB_OFFLINE with no cached files?); "
+                                    "build or ship the tokenizer files with the model")
+        train_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.alphas_cumprod = train_sched.alphas_cumprod.to(torch.float32)
+        self.prediction_type = "v" if train_sched.config.prediction_type == "v_prediction" else "epsilon"
+        self.num_train_timesteps = int(train_sched.config.num_train_timesteps)
+        self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.to(self.device, self.dtype)
+
+    # ------------------------------------------------------------------------------------------ plumbing
+    def to(self, device, dtype=None):
+        self.device = torch.device(device)
+        if dtype is not None:
+            self.dtype = dtype
+        self.unet.to(self.device, self.dtype)
+        # the VAE and text encoders run under no_grad; fp32 VAE avoids the known fp16 overflow in SD VAEs
+        self.vae.to(self.device, torch.float32 if self.device.type == "cpu" else self.dtype)
+        for te in self.text_encoders:
+            te.to(self.device, self.dtype)
+        return self
+
+    def frozen_modules(self):
+        return [self.unet, self.vae, *self.text_encoders]
+
+    def model_dims(self) -> list:
+        """The context widths this model's attention reads (cross first, then self)."""
+        from ..attach import find_attention
+        sites = find_attention(self.unet)
+        cross = sorted({s.width for s in sites if s.cross})
+        return cross + sorted({s.width for s in sites if not s.cross} - set(cross))
+
+    def identity(self) -> dict:
+        cfg = self.unet.config
+        kind = "sdxl" if self.is_sdxl else ("sd2" if cfg.cross_attention_dim == 1024 else "sd1")
+        name = getattr(self.pipe, "name_or_path", None) or getattr(self.pipe.config, "_name_or_path", "") or ""
+        return {"host": "diffusers", "kind": kind, "name": os.path.basename(str(name).rstrip("/")) or kind,
+                "path": str(name), "prediction_type": self.prediction_type,
+                "cross_attention_dim": cfg.cross_attention_dim, "unet_hash": self.unet_fingerprint()}
+
+    def unet_fingerprint(self) -> str:
+        """A cheap identity for the UNet: a hash of its config and a few weight statistics."""
+        digest = hashlib.sha256(json.dumps(dict(self.unet.config), sort_keys=True, default=str).encode())
+        with torch.no_grad():
+            for _, p in list(self.unet.named_parameters())[:4]:
+                digest.update(repr(float(p.double().sum())).encode())
+        return digest.hexdigest()[:10]
+
+    @property
+    def vae_key(self) -> str:
+        digest = hashlib.sha256(json.dumps(dict(self.vae.config), sort_keys=True, default=str).encode())
+        with torch.no_grad():
+            for _, p in list(self.vae.named_parameters())[:4]:
+                digest.update(repr(float(p.double().sum())).encode())
+        return digest.hexdigest()[:16]
+
+    # ------------------------------------------------------------------------------------------ trainer API
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor):
+        """(mean, std) of the scaled latent Gaussian for pixels in [-1, 1]."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        dist = self.vae.encode(pixels.to(self.device, vae_dtype)).latent_dist
+        mean = (dist.mean.float() - self.shift_factor) * self.scaling_factor
+        return mean, dist.std.float() * self.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        vae_dtype = next(self.vae.parameters()).dtype
+        x = latents.to(self.device, vae_dtype) / self.scaling_factor + self.shift_factor
+        return self.vae.decode(x).sample.float().clamp(-1, 1)
+
+    def _tokens(self, tokenizer, texts):
+        return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids.to(self.device)
+
+    @torch.no_grad()
+    def encode_prompts(self, texts):
+        """Text conditioning: a [B, 77, D] tensor (SD1/2) or a dict with pooled embeddings (SDXL)."""
+        if not self.is_sdxl:
+            out = self.text_encoders[0](self._tokens(self.tokenizers[0], texts))
+            return out[0].to(self.dtype)
+        hidden, pooled = [], None
+        for tok, te in zip(self.tokenizers, self.text_encoders):
+            out = te(self._tokens(tok, texts), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0] if out[0].dim() == 2 else pooled
+        return {"context": torch.cat(hidden, dim=-1).to(self.dtype), "pooled": pooled.to(self.dtype)}
+
+    def _sdxl_time_ids(self, latents: torch.Tensor) -> torch.Tensor:
+        h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
+        ids = torch.tensor([h, w, 0, 0, h, w], device=self.device, dtype=self.dtype)
+        return ids.unsqueeze(0).repeat(latents.shape[0], 1)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        x_t = x_t.to(self.device, self.dtype)
+        if not self.is_sdxl:
+            return self.unet(x_t, t, encoder_hidden_states=cond).sample
+        extra = {"text_embeds": cond["pooled"], "time_ids": self._sdxl_time_ids(x_t)}
+        return self.unet(x_t, t, encoder_hidden_states=cond["context"], added_cond_kwargs=extra).sample
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.unet.enable_gradient_checkpointing()
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.unet.disable_gradient_checkpointing()
+
+    @torch.no_grad()
+    def sample(self, prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0,
+               seed: int = 0, width: int = 512, height: int = 512):
+        """One preview image as PIL."""
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        result = self.pipe(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
+                           guidance_scale=float(cfg_scale), width=int(width), height=int(height),
+                           generator=generator, output_type="pil")
+        return result.images[0]

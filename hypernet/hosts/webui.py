@@ -1,0 +1,122 @@
+"""The webui host: the webui's loaded model (ldm LatentDiffusion for SD1/SD2, sgm DiffusionEngine for SDXL).
+
+Only `sample` touches the webui's `modules`, imported inside the function; everything else uses the model object's
+own API, so the adapter is testable with a stand-in that has the same methods.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Optional
+
+import torch
+
+from ..attach import find_attention
+
+
+class BlockCheckpointing:
+    """Recompute ldm/sgm transformer and res blocks in backward (non-reentrant, so hooks keep their gradients)."""
+
+    def __init__(self, unet: torch.nn.Module):
+        self.blocks = [m for m in unet.modules()
+                       if type(m).__name__ in ("BasicTransformerBlock", "ResBlock") and hasattr(m, "_forward")]
+
+    def enable(self) -> None:
+        from torch.utils.checkpoint import checkpoint
+        for block in self.blocks:
+            inner = block._forward
+            block.forward = (lambda inner: lambda *args, **kwargs: checkpoint(
+                inner, *args, use_reentrant=False, **kwargs))(inner)
+
+    def disable(self) -> None:
+        for block in self.blocks:
+            block.__dict__.pop("forward", None)
+
+
+class WebuiHost:
+    """Trainer-facing adapter for the webui's `shared.sd_model`."""
+
+    def __init__(self, sd_model, device=None, sampler: Optional[Callable] = None):
+        self.sd_model = sd_model
+        self.unet = sd_model.model.diffusion_model
+        self.is_sdxl = hasattr(sd_model, "conditioner")
+        first = next(self.unet.parameters())
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = first.dtype
+        self.alphas_cumprod = torch.as_tensor(sd_model.alphas_cumprod).detach().float().cpu()
+        self.prediction_type = "v" if getattr(sd_model, "parameterization", "eps") == "v" else "epsilon"
+        self.scale_factor = float(getattr(sd_model, "scale_factor", 0.18215))
+        self._sampler = sampler
+        self._checkpointing = BlockCheckpointing(self.unet)
+
+    def frozen_modules(self):
+        return [self.sd_model]
+
+    def model_dims(self) -> list:
+        sites = find_attention(self.unet)
+        cross = sorted({s.width for s in sites if s.cross})
+        return cross + sorted({s.width for s in sites if not s.cross} - set(cross))
+
+    def identity(self) -> dict:
+        info = getattr(self.sd_model, "sd_checkpoint_info", None)
+        kind = "sdxl" if self.is_sdxl else ("sd2" if 1024 in self.model_dims() else "sd1")
+        return {"host": "webui", "kind": kind, "name": getattr(info, "model_name", None) or kind,
+                "path": getattr(info, "filename", None), "prediction_type": self.prediction_type,
+                "unet_hash": getattr(info, "shorthash", None) or self._fingerprint(self.unet)[:10]}
+
+    @staticmethod
+    def _fingerprint(module) -> str:
+        digest = hashlib.sha256()
+        with torch.no_grad():
+            for name, p in list(module.named_parameters())[:6]:
+                digest.update(name.encode() + repr(tuple(p.shape)).encode() + repr(float(p.double().sum())).encode())
+        return digest.hexdigest()
+
+    @property
+    def vae_key(self) -> str:
+        return self._fingerprint(self.sd_model.first_stage_model)[:16]
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor):
+        """(mean, std) of the scaled latent Gaussian; the same encoder + quant_conv path in ldm and sgm."""
+        vae = self.sd_model.first_stage_model
+        param = next(vae.parameters())
+        moments = vae.encoder(pixels.to(param.device, param.dtype))
+        if getattr(vae, "quant_conv", None) is not None:
+            moments = vae.quant_conv(moments)
+        mean, logvar = moments.float().chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        return mean * self.scale_factor, std * self.scale_factor
+
+    @torch.no_grad()
+    def encode_prompts(self, texts):
+        cond = self.sd_model.get_learned_conditioning(list(texts))
+        if isinstance(cond, dict):
+            return {k: v.to(self.device) for k, v in cond.items()}
+        return cond.to(self.device)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        return self.sd_model.apply_model(x_t.to(self.device, self.dtype), t.to(self.device), cond)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self._checkpointing.enable()
+
+    def disable_gradient_checkpointing(self) -> None:
+        self._checkpointing.disable()
+
+    def sample(self, prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0,
+               seed: int = 0, width: int = 512, height: int = 512, sampler_name: Optional[str] = None):
+        """A preview through the webui's own txt2img (extra networks off; the trainer's hooks stay on)."""
+        if self._sampler is not None:
+            return self._sampler(prompt, negative_prompt, steps, cfg_scale, seed, width, height)
+        from modules import processing  # lazy: only inside a running webui
+        p = processing.StableDiffusionProcessingTxt2Img(
+            sd_model=self.sd_model, prompt=prompt, negative_prompt=negative_prompt, steps=int(steps),
+            cfg_scale=float(cfg_scale), seed=int(seed), width=int(width), height=int(height),
+            do_not_save_grid=True, do_not_save_samples=True, do_not_reload_embeddings=True)
+        if sampler_name:
+            p.sampler_name = sampler_name
+        p.disable_extra_networks = True
+        try:
+            return processing.process_images(p).images[0]
+        finally:
+            p.close()

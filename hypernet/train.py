@@ -1,0 +1,549 @@
+"""The training loop: a frozen model, a trainable hypernetwork, MSE on the noise (or v) prediction."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import random
+import secrets
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from . import schedule
+from .attach import attach
+from .config import CreateOptions, TrainOptions
+from .errors import HypernetError
+from .files import atomic_write, load, save_optimizer
+from .network import Hypernetwork
+
+log = logging.getLogger("hypernet")
+CSV_COLUMNS = ("step", "epoch", "epoch_step", "loss", "learn_rate")
+TRAINER_STATE_KEY = "hypernet_trainer_state"  # extra .optim key; the webui ignores keys it does not know
+
+
+# ---------------------------------------------------------------------------------------------- pure math
+def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(a) * x0 + sqrt(1 - a) * noise, with a the cumulative alpha per sample."""
+    a = alpha_bar.view(-1, *([1] * (x0.dim() - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """What the UNet should output: the noise (epsilon) or v = sqrt(a) * noise - sqrt(1 - a) * x0."""
+    if prediction_type == "epsilon":
+        return noise
+    a = alpha_bar.view(-1, *([1] * (x0.dim() - 1)))
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def min_snr_weight(alpha_bar: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Per-sample loss weight min(SNR, gamma) / SNR (or / (SNR + 1) for v), 1 when gamma is 0."""
+    if gamma <= 0:
+        return torch.ones_like(alpha_bar)
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if prediction_type == "v" else clipped / snr
+
+
+def sample_noise(shape, offset: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise plus an optional per-channel offset (the 'noise offset' trick)."""
+    noise = torch.randn(shape, generator=generator)
+    if offset > 0:
+        noise = noise + offset * torch.randn((shape[0], shape[1]) + (1,) * (len(shape) - 2), generator=generator)
+    return noise
+
+
+def sample_timesteps(n: int, low: int, high: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform integer timesteps in [low, high)."""
+    return torch.randint(low, high, (n,), generator=generator)
+
+
+def per_sample_loss(pred: torch.Tensor, tgt: torch.Tensor, weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean squared error over C, H, W for each sample, optionally weighted per pixel (normalised by weight sum)."""
+    err = (pred.float() - tgt.float()) ** 2
+    if weights is None:
+        return err.mean(dim=tuple(range(1, err.dim())))
+    w = weights.float().expand_as(err)
+    return (err * w).sum(dim=tuple(range(1, err.dim()))) / w.sum(dim=tuple(range(1, err.dim()))).clamp_min(1e-8)
+
+
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """A generator that depends only on (seed, step, micro-batch), so a resumed run draws the same numbers."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 1_009 + micro) % (2 ** 63))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def build_optimizer(name: str, params, opts: TrainOptions, lr: float) -> torch.optim.Optimizer:
+    """The optimizer named in the options, with the configured decay and betas."""
+    params = list(params)
+    if name == "AdamW":
+        return torch.optim.AdamW(params, lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.eps,
+                                 weight_decay=opts.weight_decay)
+    if name == "Adam":
+        return torch.optim.Adam(params, lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.eps,
+                                weight_decay=opts.weight_decay)
+    if name == "SGD":
+        return torch.optim.SGD(params, lr=lr, momentum=opts.beta1, weight_decay=opts.weight_decay)
+    if name == "AdamW8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise HypernetError("optimizer: AdamW8bit needs `pip install bitsandbytes` (and a CUDA GPU); "
+                                "use AdamW otherwise") from None
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.eps,
+                                   weight_decay=opts.weight_decay)
+    raise HypernetError(f"optimizer: unknown {name!r}")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for a precision option on a device (None = full precision)."""
+    if device.type != "cuda" or precision == "no":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainResult:
+    """What a run produced and why it ended."""
+
+    output: Optional[str]
+    run_dir: str
+    start_step: int
+    step: int
+    stopped: str                   # "completed", "interrupted", "already-done"
+    last_loss: Optional[float] = None
+    saved: list = field(default_factory=list)
+    previews: list = field(default_factory=list)
+    skipped_steps: int = 0
+
+
+@dataclass
+class Progress:
+    """One progress report, passed to on_progress after every optimizer step."""
+
+    step: int
+    total: int
+    loss: float
+    learn_rate: float
+    epoch: int
+    epoch_step: int
+    it_per_s: float
+    preview: Optional[str] = None
+    saved: Optional[str] = None
+
+
+class _StopOnSigint:
+    """Ctrl-C asks the loop to stop after the current step; a second Ctrl-C aborts at once."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        log.warning("stopping after this step and saving (press Ctrl-C again to abort without saving)")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """One training run of one hypernetwork on one host; call run() once."""
+
+    def __init__(self, host, options: TrainOptions, hypernetwork: Union[Hypernetwork, str, os.PathLike, None] = None,
+                 create: Optional[CreateOptions] = None, *, stop: Optional[threading.Event] = None,
+                 on_progress: Optional[Callable[[Progress], None]] = None, show_progress: bool = True,
+                 name: Optional[str] = None):
+        self.host = host
+        self.opts = options
+        self.stop = stop or threading.Event()
+        self.on_progress = on_progress
+        self.show_progress = show_progress
+        self.source_path: Optional[str] = None
+        self.hn = self._resolve_hypernetwork(hypernetwork, create, name)
+        self.name = self.hn.name
+        resume = self._trainer_state()
+        self.seed = options.seed if options.seed >= 0 else int(resume.get("seed", secrets.randbelow(2 ** 31)))
+        self.batches_consumed = int(resume.get("batches_consumed", 0)) if resume.get("seed") == self.seed else 0
+        self.start_step = self.hn.step
+        self.lr_schedule = schedule.parse_schedule(options.learning_rate, options.steps, "learning_rate")
+        self.clip_schedule = (schedule.parse_schedule(options.clip_grad_value, options.steps, "clip_grad_value")
+                              if options.clip_grad_mode != "disabled" else None)
+        today = _dt.date.today().isoformat()
+        self.run_dir = Path(options.log_dir) / today / self.name
+        self.output = Path(options.output) if options.output else Path(options.log_dir) / f"{self.name}.pt"
+        self._cond_cache: "dict[str, object]" = {}
+        self._loss_rows: list = []
+        self._plot_points: tuple = ([], [])
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _resolve_hypernetwork(self, hypernetwork, create, name) -> Hypernetwork:
+        if isinstance(hypernetwork, Hypernetwork):
+            hn = hypernetwork
+            self.source_path = hn.filename
+        elif hypernetwork is not None:
+            self.source_path = str(hypernetwork)
+            hn = load(hypernetwork, with_optimizer=True)
+        else:
+            config = create or CreateOptions(name=name or "hypernetwork", dims=self.host.model_dims())
+            from . import from_options
+            hn = from_options(config, seed=self.opts.seed if self.opts.seed >= 0 else None)
+        if name:
+            hn.name = name
+        return hn
+
+    def _trainer_state(self) -> dict:
+        state = self.hn.optimizer_extra.get(TRAINER_STATE_KEY)
+        return state if isinstance(state, dict) else {}
+
+    def _check_compatibility(self) -> None:
+        report = self.hn.compatibility(self.host.unet)
+        if not report.applies:
+            raise HypernetError(f"hypernetwork {self.name!r} has widths {report.dims}, but this model's attention "
+                                f"reads {report.model_cross_dims + report.model_self_dims}; create it with "
+                                f"--dims {','.join(map(str, self.host.model_dims()))}")
+        if report.warning:
+            log.warning(report.warning)
+
+    def _freeze_host(self) -> None:
+        for module in self.host.frozen_modules():
+            module.requires_grad_(False)
+            module.eval()
+
+    def _build_dataset(self):
+        from .data import TrainingSet
+        return TrainingSet(self.opts, self.host.encode_images, self.host.vae_key, self.name,
+                           generator=torch.Generator().manual_seed(self.seed))
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        lr = schedule.learning_rate(self.lr_schedule, self.start_step, self.opts.steps, self.opts.lr_warmup_steps,
+                                    self.opts.lr_shape)
+        optimizer = build_optimizer(self.opts.optimizer, self.hn.parameters(), self.opts, lr)
+        state = self.hn.optimizer_state_dict
+        if state is not None:
+            if self.hn.optimizer_name == self.opts.optimizer:
+                try:
+                    optimizer.load_state_dict(state)
+                    log.info("resuming with the saved %s optimizer state", self.opts.optimizer)
+                except (ValueError, KeyError, RuntimeError) as exc:
+                    log.warning("saved optimizer state does not fit (%s); starting the optimizer fresh", exc)
+            else:
+                log.warning("saved optimizer state is for %s, training with %s: starting the optimizer fresh",
+                            self.hn.optimizer_name, self.opts.optimizer)
+        return optimizer
+
+    # ------------------------------------------------------------------------------------------ one step
+    def _conditioning(self, prompts):
+        cacheable = not self.opts.shuffle_tags and self.opts.tag_dropout == 0
+        if not cacheable:
+            return self.host.encode_prompts(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cond_cache]
+        if missing:
+            encoded = self.host.encode_prompts(missing)
+            for i, text in enumerate(missing):
+                self._cond_cache[text] = _index(encoded, i)
+            while len(self._cond_cache) > 1024:
+                self._cond_cache.pop(next(iter(self._cond_cache)))
+        return _stack([self._cond_cache[p] for p in prompts])
+
+    def _micro_loss(self, batch, step: int, micro: int) -> torch.Tensor:
+        device = self.host.device
+        gen = step_generator(self.seed, step, micro)
+        x0 = batch.latents.to(device, torch.float32)
+        noise = sample_noise(tuple(x0.shape), self.opts.noise_offset, gen).to(device)
+        t = sample_timesteps(x0.shape[0], self.opts.timestep_min,
+                             min(self.opts.timestep_max, len(self.host.alphas_cumprod)), gen).to(device)
+        alpha_bar = self.host.alphas_cumprod.to(device)[t]
+        x_t = noisy_latents(x0, noise, alpha_bar)
+        if self.opts.gradient_checkpointing:
+            x_t.requires_grad_(True)  # reentrant checkpoints pass gradients only when an input needs them
+        cond = self._conditioning(batch.prompts)
+        with self._autocast():
+            pred = self.host.predict(x_t, t, cond)
+        losses = per_sample_loss(pred, target(self.host.prediction_type, x0, noise, alpha_bar),
+                                 None if batch.weights is None else batch.weights.to(device))
+        return (losses * min_snr_weight(alpha_bar, self.opts.min_snr_gamma, self.host.prediction_type)).mean()
+
+    def _autocast(self):
+        dtype = autocast_dtype(self.opts.mixed_precision, self.host.device)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.host.device.type, dtype=dtype)
+
+    def _grads_finite(self) -> bool:
+        return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.hn.parameters())
+
+    def _clip(self, step: int) -> None:
+        if self.clip_schedule is None:
+            return
+        value = schedule.value_at(self.clip_schedule, step)
+        if self.opts.clip_grad_mode == "norm":
+            torch.nn.utils.clip_grad_norm_(self.hn.parameters(), value)
+        else:
+            torch.nn.utils.clip_grad_value_(self.hn.parameters(), value)
+
+    # ------------------------------------------------------------------------------------------ outputs
+    def _write_settings(self) -> None:
+        data = {"options": self.opts.to_dict(), "hypernetwork": self.hn.config.to_dict(), "seed": self.seed,
+                "start_step": self.start_step, "source": self.source_path, "output": str(self.output),
+                "model": self.host.identity(), "started": _dt.datetime.now().isoformat(timespec="seconds"),
+                "torch": torch.__version__}
+        from . import __version__
+        data["hypernet"] = __version__
+        atomic_write(self.run_dir / "settings.json", json.dumps(data, indent=2, default=str).encode())
+
+    def _append_csv(self, row) -> None:
+        path = self.run_dir / "hypernetwork_loss.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(CSV_COLUMNS)
+            writer.writerow(row)
+
+    def _stamp_metadata(self) -> None:
+        ident = self.host.identity()
+        self.hn.sd_checkpoint = ident.get("unet_hash")
+        self.hn.sd_checkpoint_name = ident.get("name")
+
+    def _save(self, path: Path, optimizer) -> str:
+        self._stamp_metadata()
+        written = self.hn.save(path)
+        if self.opts.save_optimizer_state:
+            state = optimizer.state_dict()
+            save_optimizer(written, self.opts.optimizer, state,
+                           {TRAINER_STATE_KEY: {"seed": self.seed, "batches_consumed": self.batches_consumed}})
+        return written
+
+    def _save_copy(self, step: int, optimizer) -> str:
+        path = self._save(self.run_dir / "hypernetworks" / f"{self.name}-{step}.pt", optimizer)
+        if self._plot_points[0]:
+            from .plot import draw_loss
+            draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss")
+        return path
+
+    def _preview(self, step: int, batch) -> Optional[str]:
+        o = self.opts
+        prompt = o.preview_prompt or (batch.prompts[0] if batch.prompts else self.name)
+        state = _rng_state()
+        self.hn.eval()
+        try:
+            seed = o.preview_seed if o.preview_seed >= 0 else random.Random(self.seed + step).randrange(2 ** 31)
+            with torch.no_grad():
+                image = self.host.sample(prompt, o.preview_negative_prompt, o.preview_steps, o.preview_cfg_scale,
+                                         seed, o.preview_width or o.width, o.preview_height or o.height)
+            path = self.run_dir / "images" / f"{self.name}-{step}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            (path.with_suffix(".txt")).write_text(f"{prompt}\nseed: {seed}\n")
+            return str(path)
+        finally:
+            self.hn.train()
+            _set_rng_state(state)
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        opts = self.opts
+        if self.start_step >= opts.steps:
+            log.warning("%s is already at step %d (target %d); nothing to train", self.name, self.start_step,
+                        opts.steps)
+            return TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "already-done")
+        self._check_compatibility()
+        self._freeze_host()
+        dataset = self._build_dataset()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_settings()
+        device = self.host.device
+        self.hn.to(device)
+        self.hn.requires_grad_(True)
+        self.hn.train()
+        optimizer = self._build_optimizer()
+        scaler = torch.amp.GradScaler(device.type) if autocast_dtype(opts.mixed_precision, device) == torch.float16 \
+            else None
+        if opts.gradient_checkpointing and hasattr(self.host, "enable_gradient_checkpointing"):
+            self.host.enable_gradient_checkpointing()
+        rng = random.Random(self.seed)
+        batches = dataset.batches(opts.batch_size, rng)
+        for _ in range(self.batches_consumed):
+            next(batches)
+        result = TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "completed")
+        step = self.start_step
+        bar = self._progress_bar()
+        handle = attach(self.host.unet, [(self.hn, 1.0)], warn=False)
+        nan_run, window, last_batch = 0, [], None
+        started = time.perf_counter()
+        try:
+            with _StopOnSigint(self.stop):
+                while step < opts.steps and not self.stop.is_set():
+                    lr = schedule.learning_rate(self.lr_schedule, step, opts.steps, opts.lr_warmup_steps, opts.lr_shape)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    total, finite = 0.0, True
+                    for micro in range(opts.gradient_accumulation):
+                        batch = next(batches)
+                        self.batches_consumed += 1
+                        last_batch = batch
+                        loss = self._micro_loss(batch, step, micro)
+                        if not bool(torch.isfinite(loss)):
+                            finite = False
+                            break
+                        scaled = loss / opts.gradient_accumulation
+                        (scaler.scale(scaled) if scaler else scaled).backward()
+                        total += float(loss) / opts.gradient_accumulation
+                    if finite and scaler is not None:
+                        scaler.unscale_(optimizer)
+                    if finite and not self._grads_finite():
+                        finite = False
+                    if not finite:
+                        optimizer.zero_grad(set_to_none=True)
+                        if scaler is not None:
+                            scaler.update()
+                        nan_run += 1
+                        result.skipped_steps += 1
+                        log.warning("step %d: non-finite loss or gradients, step skipped (%d in a row)", step + 1,
+                                    nan_run)
+                        if nan_run >= opts.max_nan_steps:
+                            raise HypernetError(
+                                f"training stopped: {nan_run} steps in a row had NaN/inf loss or gradients at step "
+                                f"{step}. Lower the learning rate ({opts.learning_rate}), enable gradient clipping, "
+                                "or use fp32/bf16 precision")
+                        continue
+                    nan_run = 0
+                    self._clip(step)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    self.hn.step = step
+                    result.step, result.last_loss = step, total
+                    window.append(total)
+                    self._plot_points[0].append(step)
+                    self._plot_points[1].append(total)
+                    report = Progress(step, opts.steps, total, lr, batch.epoch, batch.epoch_step,
+                                      (step - self.start_step) / max(time.perf_counter() - started, 1e-9))
+                    if opts.log_every and (step % opts.log_every == 0 or step == opts.steps):
+                        self._append_csv((step, batch.epoch, batch.epoch_step, f"{sum(window) / len(window):.7f}",
+                                          f"{lr:.10g}"))
+                        window = []
+                    if opts.save_every and step % opts.save_every == 0:
+                        report.saved = self._save_copy(step, optimizer)
+                        result.saved.append(report.saved)
+                    if opts.preview_every and step % opts.preview_every == 0:
+                        report.preview = self._preview(step, batch)
+                        result.previews.append(report.preview)
+                    self._report(bar, report)
+            if self.stop.is_set() and step < opts.steps:
+                result.stopped = "interrupted"
+        except BaseException as exc:
+            handle.remove()
+            self._finish_modules()
+            rescue = self._rescue(step, optimizer, exc)
+            if bar is not None:
+                bar.close()
+            if isinstance(exc, HypernetError):
+                raise HypernetError(f"{exc}{rescue}") from None
+            raise
+        handle.remove()
+        if bar is not None:
+            bar.close()
+        self._finish_modules()
+        if window and opts.log_every:
+            self._append_csv((step, last_batch.epoch, last_batch.epoch_step, f"{sum(window) / len(window):.7f}",
+                              f"{lr:.10g}"))
+        result.output = self._save(self.output, optimizer)
+        if self._plot_points[0]:
+            from .plot import draw_loss
+            draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss")
+        return result
+
+    def _finish_modules(self) -> None:
+        if self.opts.gradient_checkpointing and hasattr(self.host, "disable_gradient_checkpointing"):
+            self.host.disable_gradient_checkpointing()
+        self.hn.eval()
+        self.hn.requires_grad_(False)
+
+    def _rescue(self, step: int, optimizer, exc: BaseException) -> str:
+        """Save what a failed run had, never over the file it started from; returns a note for the message."""
+        if step <= self.start_step or not self.hn.is_finite():
+            return "; nothing was saved, the starting file is unchanged"
+        path = self.run_dir / "hypernetworks" / f"{self.name}-{step}-unfinished.pt"
+        try:
+            written = self._save(path, optimizer)
+        except Exception as save_exc:  # the original error matters more than a failed rescue
+            log.error("could not save the unfinished run: %s", save_exc)
+            return ""
+        log.warning("saved the unfinished run to %s", written)
+        return f"; the weights at step {step} were saved to {written}"
+
+    def _progress_bar(self):
+        if not self.show_progress:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=self.opts.steps, initial=self.start_step, desc=f"training {self.name}", unit="step",
+                    dynamic_ncols=True)
+
+    def _report(self, bar, report: Progress) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{report.loss:.4f}", lr=f"{report.learn_rate:.2e}")
+        if self.on_progress is not None:
+            self.on_progress(report)
+
+
+def _index(cond, i: int):
+    if isinstance(cond, dict):
+        return {k: v[i] for k, v in cond.items()}
+    return cond[i]
+
+
+def _stack(items):
+    if isinstance(items[0], dict):
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    return torch.stack(items)
+
+
+def train(host, options: TrainOptions, hypernetwork=None, create: Optional[CreateOptions] = None, **kwargs) -> TrainResult:
+    """Train a hypernetwork on a host; see Trainer for the keyword arguments."""
+    return Trainer(host, options, hypernetwork, create, **kwargs).run()
