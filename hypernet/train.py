@@ -297,7 +297,10 @@ class Trainer:
         if self.opts.gradient_checkpointing:
             x_t.requires_grad_(True)  # reentrant checkpoints pass gradients only when an input needs them
         cond = self._conditioning(batch.prompts)
-        with self._autocast():
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._autocast():
+            # dropout draws from the global generator: seed it per step so a resumed run repeats it
+            torch.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
             pred = self.host.predict(x_t, t, cond)
         losses = per_sample_loss(pred, target(self.host.prediction_type, x0, noise, alpha_bar),
                                  None if batch.weights is None else batch.weights.to(device))
@@ -428,7 +431,7 @@ class Trainer:
                             break
                         scaled = loss / opts.gradient_accumulation
                         (scaler.scale(scaled) if scaler else scaled).backward()
-                        total += float(loss) / opts.gradient_accumulation
+                        total += float(loss.detach()) / opts.gradient_accumulation
                     if finite and scaler is not None:
                         scaler.unscale_(optimizer)
                     if finite and not self._grads_finite():

@@ -87,11 +87,13 @@ class DiffusersHost:
         self.device = torch.device(device)
         if dtype is not None:
             self.dtype = dtype
-        self.unet.to(self.device, self.dtype)
         # the VAE and text encoders run under no_grad; fp32 VAE avoids the known fp16 overflow in SD VAEs
-        self.vae.to(self.device, torch.float32 if self.device.type == "cpu" else self.dtype)
-        for te in self.text_encoders:
-            te.to(self.device, self.dtype)
+        vae_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+        for module, wanted in [(self.unet, self.dtype), (self.vae, vae_dtype)] + [(t, self.dtype)
+                                                                                 for t in self.text_encoders]:
+            param = next(module.parameters())
+            if param.device != self.device or param.dtype != wanted:
+                module.to(self.device, wanted)
         return self
 
     def frozen_modules(self):
