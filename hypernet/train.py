@@ -393,6 +393,9 @@ class Trainer:
         self._check_compatibility()
         self._freeze_host()
         dataset = self._build_dataset()
+        for path, reason in dataset.skipped:
+            log.warning("skipped %s: %s", path, reason)
+        log.info("training %s on %d images from %s", self.name, len(dataset), self.opts.data)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_settings()
         device = self.host.device
