@@ -92,14 +92,15 @@ class Compatibility:
     def warning(self) -> Optional[str]:
         made_for = sorted({_KNOWN_CROSS[d] for d in self.dims if d in _KNOWN_CROSS})
         made = f" (made for {'/'.join(made_for)})" if made_for else ""
-        model_kind = "/".join(_KNOWN_CROSS.get(d, str(d)) for d in self.model_cross_dims) or "unknown"
+        kinds = [_KNOWN_CROSS[d] for d in self.model_cross_dims if d in _KNOWN_CROSS]
+        model_kind = f"{'/'.join(kinds)} model" if kinds else "model"
         if not self.applies:
             return (f"hypernetwork {self.hypernetwork!r}{made} applies nothing to this model: it has widths "
                     f"{self.dims}, the model's self-attention uses {self.model_self_dims} and its cross-attention "
                     f"{self.model_cross_dims}")
         if not self.fits:
             return (f"hypernetwork {self.hypernetwork!r}{made} only reaches self-attention (widths "
-                    f"{self.self_dims_used}) on this {model_kind} model, whose cross-attention is "
+                    f"{self.self_dims_used}) on this {model_kind}, whose cross-attention is "
                     f"{self.model_cross_dims} wide; its effect will differ from the model it was trained for")
         return None
 

@@ -20,13 +20,16 @@ TOKENS = 8  # context length used by unet_inputs (77 in real SD; any length work
 
 
 @torch.no_grad()
-def _reinit_zeros(model: nn.Module, seed: int, std: float = 0.02) -> nn.Module:
-    """ldm zero-initialises its output conv and every transformer proj_out, so a fresh UNet outputs exactly 0
-    and its attention has no effect on the output; give those parameters small random values instead."""
-    gen = torch.Generator().manual_seed(seed)
-    for param in model.parameters():
-        if param.numel() and not param.any():
-            param.copy_(torch.randn(param.shape, generator=gen) * std)
+def _reinit_zeros(model: nn.Module, seed: int) -> nn.Module:
+    """ldm zero-initialises its output conv and every transformer proj_out, so a fresh UNet outputs exactly 0 and
+    its attention has no effect on the output. Give every layer whose weight is all zeros PyTorch's default init
+    instead (seeded), as a trained UNet would have non-zero weights there."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.numel() and not weight.any():
+                module.reset_parameters()
     return model
 
 
@@ -101,7 +104,7 @@ def cross_width(unet: nn.Module) -> int:
     if is_ldm(unet):
         for module in unet.modules():
             if type(module).__name__ == "BasicTransformerBlock":
-                return module.attn2.to_k.in_features
+                return module.attn2.to_k.weight.shape[1]
         raise ValueError("ldm UNet without transformer blocks")
     return int(unet.config.cross_attention_dim)
 
@@ -111,10 +114,15 @@ def unet_dtype(unet: nn.Module) -> torch.dtype:
 
 
 def set_dtype(unet: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """unet.to(dtype), plus the ldm UNet's own `dtype` attribute, which its forward casts the latent to."""
+    """unet.to(dtype); for ldm also its own `dtype` attribute (its forward casts the latent to it), with the
+    GroupNorms kept in float32 as ldm's convert_to_fp16 keeps them: ldm's GroupNorm32 upcasts its input to float32,
+    which CPU group_norm refuses with half/bfloat16 weights (a float32 norm takes a half input on CPU)."""
     unet.to(dtype)
     if is_ldm(unet):
         unet.dtype = dtype
+        for module in unet.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.float()
     return unet
 
 
