@@ -1,7 +1,8 @@
 """Time of one hypernetwork training step against the floor, and against the webui's way of training.
 
 Variants, each run in its own process so peak memory is its own (same script, same machine, same inputs):
-  floor   the frozen UNet, forward + backward (the latent requires grad so backward runs), no hypernetwork
+  floor   the frozen UNet, forward + backward from the same attention inputs, no hypernetwork: every to_k / to_v
+          input is scaled by one trainable scalar, so backward covers exactly what ours must cover, minus the MLPs
   ours    frozen UNet + hypernetwork hooks, backward into the hypernetwork only, SDP attention
   webui   the webui's way: UNet parameters left trainable (gradients computed for all of them), naive attention
           (the webui's Train tab undoes attention optimisations), same hypernetwork
@@ -28,6 +29,21 @@ from unet_configs import SD15, SDXL, TINY  # noqa: E402
 CONFIGS = {"tiny": TINY, "sd15": SD15, "sdxl": SDXL}
 
 
+class _ScalarHooks:
+    """Multiply every to_k / to_v input by one trainable scalar: the hook graph without the MLPs."""
+
+    def __init__(self, unet, scale):
+        self.handles = []
+        for site in __import__("hypernet").find_attention(unet):
+            for proj in (site.module.to_k, site.module.to_v):
+                self.handles.append(proj.register_forward_pre_hook(
+                    lambda mod, args: (args[0] * scale.to(args[0].dtype),) + tuple(args[1:])))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
 def run_variant(config_name: str, variant: str, device: str, dtype_name: str, latent: int, repeats: int) -> dict:
     """Build the UNet, run warmup + timed steps of one variant, return seconds/step and peak memory."""
     import torch
@@ -52,6 +68,8 @@ def run_variant(config_name: str, variant: str, device: str, dtype_name: str, la
     handle = None
     if variant == "floor":
         unet.requires_grad_(False)
+        scale = torch.ones((), device=device, requires_grad=True)
+        handle = _ScalarHooks(unet, scale)
     elif variant == "ours":
         unet.requires_grad_(False)
         hn.requires_grad_(True).train()
@@ -64,7 +82,7 @@ def run_variant(config_name: str, variant: str, device: str, dtype_name: str, la
     autocast = torch.autocast(device, dtype=dtype) if device == "cuda" and dtype != torch.float32 else None
 
     def step():
-        inp = x.detach().requires_grad_(variant == "floor")
+        inp = x.detach()
         if autocast is not None:
             with autocast:
                 out = unet(inp, t, encoder_hidden_states=ctx, **extra).sample

@@ -212,6 +212,7 @@ class Trainer:
         self.run_dir = Path(options.log_dir) / today / self.name
         self.output = Path(options.output) if options.output else Path(options.log_dir) / f"{self.name}.pt"
         self._cond_cache: "dict[str, object]" = {}
+        self.optimizer = self.scaler = self.batches = self.board = self.bar = None
         self._loss_rows: list = []
         self._plot_points: tuple = ([], [])
 
@@ -348,20 +349,27 @@ class Trainer:
         self.hn.sd_checkpoint = ident.get("unet_hash")
         self.hn.sd_checkpoint_name = ident.get("name")
 
-    def _save(self, path: Path, optimizer) -> str:
+    def _tensorboard(self):
+        if not self.opts.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise HypernetError("tensorboard: logging to TensorBoard needs `pip install tensorboard`; "
+                                "install it or turn the option off") from None
+        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def _save(self, path: Path) -> str:
         self._stamp_metadata()
         written = self.hn.save(path)
         if self.opts.save_optimizer_state:
-            state = optimizer.state_dict()
-            save_optimizer(written, self.opts.optimizer, state,
+            save_optimizer(written, self.opts.optimizer, self.optimizer.state_dict(),
                            {TRAINER_STATE_KEY: {"seed": self.seed, "batches_consumed": self.batches_consumed}})
         return written
 
-    def _save_copy(self, step: int, optimizer) -> str:
-        path = self._save(self.run_dir / "hypernetworks" / f"{self.name}-{step}.pt", optimizer)
-        if self._plot_points[0]:
-            from .plot import draw_loss
-            draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss")
+    def _save_copy(self, step: int) -> str:
+        path = self._save(self.run_dir / "hypernetworks" / f"{self.name}-{step}.pt")
+        self._draw_loss()
         return path
 
     def _preview(self, step: int, batch) -> Optional[str]:
@@ -390,119 +398,143 @@ class Trainer:
             log.warning("%s is already at step %d (target %d); nothing to train", self.name, self.start_step,
                         opts.steps)
             return TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "already-done")
+        self._prepare()
+        result = TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "completed")
+        handle = attach(self.host.unet, [(self.hn, 1.0)], warn=False)
+        try:
+            with _StopOnSigint(self.stop):
+                self._loop(result)
+        except BaseException as exc:
+            handle.remove()
+            self._close()
+            rescue = self._rescue(result.step, exc)
+            if isinstance(exc, HypernetError):
+                raise HypernetError(f"{exc}{rescue}") from None
+            raise
+        handle.remove()
+        self._close()
+        if self.stop.is_set() and result.step < opts.steps:
+            result.stopped = "interrupted"
+        result.output = self._save(self.output)
+        self._draw_loss()
+        return result
+
+    def _prepare(self) -> None:
+        """Everything before the first step: checks, frozen model, data, folders, optimizer."""
+        opts = self.opts
         self._check_compatibility()
         self._freeze_host()
         dataset = self._build_dataset()
         for path, reason in dataset.skipped:
             log.warning("skipped %s: %s", path, reason)
-        log.info("training %s on %d images from %s", self.name, len(dataset), self.opts.data)
+        log.info("training %s on %d images from %s", self.name, len(dataset), opts.data)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_settings()
-        device = self.host.device
-        self.hn.to(device)
+        self.board = self._tensorboard()
+        self.hn.to(self.host.device)
         self.hn.requires_grad_(True)
         self.hn.train()
-        optimizer = self._build_optimizer()
-        scaler = torch.amp.GradScaler(device.type) if autocast_dtype(opts.mixed_precision, device) == torch.float16 \
-            else None
+        self.optimizer = self._build_optimizer()
+        fp16 = autocast_dtype(opts.mixed_precision, self.host.device) == torch.float16
+        self.scaler = torch.amp.GradScaler(self.host.device.type) if fp16 else None
         if opts.gradient_checkpointing and hasattr(self.host, "enable_gradient_checkpointing"):
             self.host.enable_gradient_checkpointing()
-        rng = random.Random(self.seed)
-        batches = dataset.batches(opts.batch_size, rng)
+        self.batches = dataset.batches(opts.batch_size, random.Random(self.seed))
         for _ in range(self.batches_consumed):
-            next(batches)
-        result = TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "completed")
-        step = self.start_step
-        bar = self._progress_bar()
-        handle = attach(self.host.unet, [(self.hn, 1.0)], warn=False)
-        nan_run, window, last_batch = 0, [], None
+            next(self.batches)
+        self.bar = self._progress_bar()
+
+    def _loop(self, result: TrainResult) -> None:
+        opts = self.opts
+        step, nan_run, window = self.start_step, 0, []
         started = time.perf_counter()
-        try:
-            with _StopOnSigint(self.stop):
-                while step < opts.steps and not self.stop.is_set():
-                    lr = schedule.learning_rate(self.lr_schedule, step, opts.steps, opts.lr_warmup_steps, opts.lr_shape)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    total, finite = 0.0, True
-                    for micro in range(opts.gradient_accumulation):
-                        batch = next(batches)
-                        self.batches_consumed += 1
-                        last_batch = batch
-                        loss = self._micro_loss(batch, step, micro)
-                        if not bool(torch.isfinite(loss)):
-                            finite = False
-                            break
-                        scaled = loss / opts.gradient_accumulation
-                        (scaler.scale(scaled) if scaler else scaled).backward()
-                        total += float(loss.detach()) / opts.gradient_accumulation
-                    if finite and scaler is not None:
-                        scaler.unscale_(optimizer)
-                    if finite and not self._grads_finite():
-                        finite = False
-                    if not finite:
-                        optimizer.zero_grad(set_to_none=True)
-                        if scaler is not None:
-                            scaler.update()
-                        nan_run += 1
-                        result.skipped_steps += 1
-                        log.warning("step %d: non-finite loss or gradients, step skipped (%d in a row)", step + 1,
-                                    nan_run)
-                        if nan_run >= opts.max_nan_steps:
-                            raise HypernetError(
-                                f"training stopped: {nan_run} steps in a row had NaN/inf loss or gradients at step "
-                                f"{step}. Lower the learning rate ({opts.learning_rate}), enable gradient clipping, "
-                                "or use fp32/bf16 precision")
-                        continue
-                    nan_run = 0
-                    self._clip(step)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    step += 1
-                    self.hn.step = step
-                    result.step, result.last_loss = step, total
-                    window.append(total)
-                    self._plot_points[0].append(step)
-                    self._plot_points[1].append(total)
-                    report = Progress(step, opts.steps, total, lr, batch.epoch, batch.epoch_step,
-                                      (step - self.start_step) / max(time.perf_counter() - started, 1e-9))
-                    if opts.log_every and (step % opts.log_every == 0 or step == opts.steps):
-                        self._append_csv((step, batch.epoch, batch.epoch_step, f"{sum(window) / len(window):.7f}",
-                                          f"{lr:.10g}"))
-                        window = []
-                    if opts.save_every and step % opts.save_every == 0:
-                        report.saved = self._save_copy(step, optimizer)
-                        result.saved.append(report.saved)
-                    if opts.preview_every and step % opts.preview_every == 0:
-                        report.preview = self._preview(step, batch)
-                        result.previews.append(report.preview)
-                    self._report(bar, report)
-            if self.stop.is_set() and step < opts.steps:
-                result.stopped = "interrupted"
-        except BaseException as exc:
-            handle.remove()
-            self._finish_modules()
-            rescue = self._rescue(step, optimizer, exc)
-            if bar is not None:
-                bar.close()
-            if isinstance(exc, HypernetError):
-                raise HypernetError(f"{exc}{rescue}") from None
-            raise
-        handle.remove()
-        if bar is not None:
-            bar.close()
-        self._finish_modules()
-        if window and opts.log_every:
-            self._append_csv((step, last_batch.epoch, last_batch.epoch_step, f"{sum(window) / len(window):.7f}",
-                              f"{lr:.10g}"))
-        result.output = self._save(self.output, optimizer)
+        while step < opts.steps and not self.stop.is_set():
+            lr = schedule.learning_rate(self.lr_schedule, step, opts.steps, opts.lr_warmup_steps, opts.lr_shape)
+            loss, batch = self._accumulate(step, lr)
+            if loss is None:
+                nan_run += 1
+                result.skipped_steps += 1
+                log.warning("step %d: non-finite loss or gradients, step skipped (%d in a row)", step + 1, nan_run)
+                if nan_run >= opts.max_nan_steps:
+                    raise HypernetError(
+                        f"training stopped: {nan_run} steps in a row had NaN/inf loss or gradients at step {step}. "
+                        f"Lower the learning rate ({opts.learning_rate}), enable gradient clipping, or use fp32/bf16 "
+                        "precision")
+                continue
+            nan_run = 0
+            self._apply_update(step)
+            step += 1
+            self.hn.step = result.step = step
+            result.last_loss = loss
+            window.append(loss)
+            self._plot_points[0].append(step)
+            self._plot_points[1].append(loss)
+            if self.board is not None:
+                self.board.add_scalar("Loss/train", loss, step)
+                self.board.add_scalar("Learn rate/train", lr, step)
+            report = Progress(step, opts.steps, loss, lr, batch.epoch, batch.epoch_step,
+                              (step - self.start_step) / max(time.perf_counter() - started, 1e-9))
+            if opts.log_every and (step % opts.log_every == 0 or step == opts.steps or self.stop.is_set()):
+                self._append_csv((step, batch.epoch, batch.epoch_step, f"{sum(window) / len(window):.7f}",
+                                  f"{lr:.10g}"))
+                window = []
+            if opts.save_every and step % opts.save_every == 0:
+                report.saved = self._save_copy(step)
+                result.saved.append(report.saved)
+            if opts.preview_every and step % opts.preview_every == 0:
+                report.preview = self._preview(step, batch)
+                result.previews.append(report.preview)
+            self._report(report)
+
+    def _accumulate(self, step: int, lr: float):
+        """Forward and backward over the accumulated micro-batches: (mean loss or None if non-finite, last batch)."""
+        opts = self.opts
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total, batch = 0.0, None
+        for micro in range(opts.gradient_accumulation):
+            batch = next(self.batches)
+            self.batches_consumed += 1
+            loss = self._micro_loss(batch, step, micro)
+            if not bool(torch.isfinite(loss)):
+                self._drop_gradients()
+                return None, batch
+            scaled = loss / opts.gradient_accumulation
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += float(loss.detach()) / opts.gradient_accumulation
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if not self._grads_finite():
+            self._drop_gradients()
+            return None, batch
+        return total, batch
+
+    def _drop_gradients(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update()  # also resets the unscale bookkeeping for the next step
+
+    def _apply_update(self, step: int) -> None:
+        self._clip(step)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _draw_loss(self) -> None:
         if self._plot_points[0]:
             from .plot import draw_loss
             draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss")
-        return result
+
+    def _close(self) -> None:
+        """Undo what _prepare changed: progress bar, TensorBoard, checkpointing, training mode."""
+        if self.board is not None:
+            self.board.close()
+        if self.bar is not None:
+            self.bar.close()
+        self._finish_modules()
 
     def _finish_modules(self) -> None:
         if self.opts.gradient_checkpointing and hasattr(self.host, "disable_gradient_checkpointing"):
@@ -510,13 +542,13 @@ class Trainer:
         self.hn.eval()
         self.hn.requires_grad_(False)
 
-    def _rescue(self, step: int, optimizer, exc: BaseException) -> str:
+    def _rescue(self, step: int, exc: BaseException) -> str:
         """Save what a failed run had, never over the file it started from; returns a note for the message."""
         if step <= self.start_step or not self.hn.is_finite():
             return "; nothing was saved, the starting file is unchanged"
         path = self.run_dir / "hypernetworks" / f"{self.name}-{step}-unfinished.pt"
         try:
-            written = self._save(path, optimizer)
+            written = self._save(path)
         except Exception as save_exc:  # the original error matters more than a failed rescue
             log.error("could not save the unfinished run: %s", save_exc)
             return ""
@@ -530,10 +562,10 @@ class Trainer:
         return tqdm(total=self.opts.steps, initial=self.start_step, desc=f"training {self.name}", unit="step",
                     dynamic_ncols=True)
 
-    def _report(self, bar, report: Progress) -> None:
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{report.loss:.4f}", lr=f"{report.learn_rate:.2e}")
+    def _report(self, report: Progress) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{report.loss:.4f}", lr=f"{report.learn_rate:.2e}")
         if self.on_progress is not None:
             self.on_progress(report)
 

@@ -361,3 +361,58 @@ def test_cli_train_on_a_diffusers_folder(pipes, data_dir, tmp_path):
     assert r.returncode == 2 and "model_index.json" in r.stderr
     r = subprocess.run(cmd[:6] + ["--learning-rate", "fast"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "learning_rate" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ctrl_c_finishes_the_step_saves_and_exits_cleanly(pipes, data_dir, tmp_path):
+    import signal
+    import time
+    model = tmp_path / "model"
+    pipes["sd1"].save_pretrained(model)
+    out = tmp_path / "sigint.pt"
+    cmd = [sys.executable, "-m", "hypernet", "train", "--model", str(model), "--data", str(data_dir), "--steps",
+           "100000", "--width", "64", "--height", "64", "--log-dir", str(tmp_path / "logs"), "--output", str(out),
+           "--preview-every", "0", "--save-every", "0", "--log-every", "1", "--seed", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    csv_path = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list((tmp_path / "logs").rglob("hypernetwork_loss.csv"))
+        if found and len(found[0].read_text().splitlines()) >= 3:
+            csv_path = found[0]
+            break
+        time.sleep(0.2)
+    assert csv_path is not None, "training did not start"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "interrupted at step" in stdout and "Traceback" not in stderr
+    saved = hypernet.load(out)
+    assert 2 <= saved.step < 100000
+    assert os.path.exists(str(out) + ".optim")
+
+
+def test_single_file_checkpoint_without_configs_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+    from hypernet.hosts.diffusers import load_pipeline
+    ckpt = tmp_path / "model.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, str(ckpt))
+    with pytest.raises(HypernetError, match="hub"):
+        load_pipeline(ckpt)
+    with pytest.raises(HypernetError, match="not found"):
+        load_pipeline(tmp_path / "missing")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(HypernetError, match=".safetensors or .ckpt"):
+        load_pipeline(tmp_path / "weights.bin")
+
+
+def test_tensorboard_option_needs_the_package_or_logs(pipes, data_dir, tmp_path):
+    host = DiffusersHost(pipes["sd1"])
+    hn = hypernet.create(dims=host.model_dims())
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(HypernetError, match="pip install tensorboard"):
+            train(host, opts(data_dir, tmp_path, steps=1, tensorboard=True), hn, show_progress=False)
+        return
+    result = train(host, opts(data_dir, tmp_path, steps=2, tensorboard=True), hn, show_progress=False)
+    assert list((Path(result.run_dir) / "tensorboard").iterdir())
