@@ -111,6 +111,8 @@ class Library:
     def resolve(self, name: str) -> Entry:
         """The one entry called `name`: exact match first, then case-insensitive; NotFoundError otherwise."""
         for attempt in range(2):
+            if attempt == 0 and any(not os.path.exists(e.path) for e in self._matches(name, True)):
+                self.refresh()  # a file deleted since the last scan must not resolve
             for fold in (False, True):
                 found = self._prefer_one(self._matches(name, fold))
                 if len(found) == 1:

@@ -128,3 +128,15 @@ def test_hashes_match_webui_shorthash(tmp_path):
     assert lib.sha256("h") == full and lib.shorthash("h") == full[:10] == hypernet.shorthash(path)
     assert lib.find_by_hash(full[:10]).name == "h"
     assert lib.find_by_hash("0000000000") is None or lib.find_by_hash("0000000000").name == "h"
+
+
+def test_deleted_file_does_not_resolve_to_a_stale_entry(tmp_path):
+    _make(tmp_path, "a/gone.pt")
+    lib = Library(tmp_path)
+    assert lib.resolve("gone").relpath == "a/gone.pt"
+    os.remove(tmp_path / "a" / "gone.pt")
+    _make(tmp_path, "b/gone.pt")
+    assert lib.resolve("gone").relpath == "b/gone.pt"
+    os.remove(tmp_path / "b" / "gone.pt")
+    with pytest.raises(NotFoundError):
+        lib.resolve("gone")

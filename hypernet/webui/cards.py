@@ -1,0 +1,58 @@
+"""What a card and the API listing say about one file: cheap facts from its header, and how it fits the model."""
+from __future__ import annotations
+
+import json
+import os
+
+from ..library import Entry
+from .state import HypernetState
+
+
+def card_facts(state: HypernetState, entry: Entry, unet) -> dict:
+    """The metadata shown for a file (cheap: header only, cached): shape, training step, base model, fit."""
+    try:
+        facts = state.describe(entry)
+    except Exception as exc:  # an unreadable file still gets a card that says why
+        return {"format": entry.format, "size_bytes": entry.size, "error": str(exc), "fits": False,
+                "fit_note": f"cannot be read: {exc}"}
+    report = state.fit(facts, unet)
+    return {
+        "format": entry.format,
+        "size_bytes": entry.size,
+        "dims": facts["dims"],
+        "layer_structure": facts["layer_structure"],
+        "activation": facts["activation"],
+        "layer_norm": facts["layer_norm"],
+        "dropout_structure": facts["dropout_structure"],
+        "activate_output": facts["activate_output"],
+        "weight_init": facts["weight_init"],
+        "parameters": facts["parameters"],
+        "step": facts["step"],
+        "internal_name": facts["name"],
+        "base_model": facts["sd_checkpoint_name"],
+        "base_model_hash": facts["sd_checkpoint"],
+        "made_for": facts["made_for"],
+        "fits": None if report is None else report.fits,
+        "applies": None if report is None else report.applies,
+        "fit_note": "" if report is None else (report.warning or ""),
+        "notes": facts["optional_info"] or "",
+    }
+
+
+def user_metadata(path_without_ext: str) -> dict:
+    """`<stem>.json`, written by the webui's user metadata editor; {} if absent or unreadable."""
+    try:
+        with open(path_without_ext + ".json", encoding="utf8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def listing(state: HypernetState, entry: Entry, name: str, unet, *, compute_hash: bool = False) -> dict:
+    """One API list entry: the card's facts plus file identity."""
+    digest = state.sha256(entry, compute=compute_hash)
+    return {"name": name, "filename": entry.path, "relpath": entry.relpath, "format": entry.format,
+            "size_bytes": entry.size, "shorthash": digest[:10] if digest else "", "sha256": digest or "",
+            "description": user_metadata(os.path.splitext(entry.path)[0]).get("description") or "",
+            "metadata": card_facts(state, entry, unet)}

@@ -1,0 +1,280 @@
+"""The extension's runtime state inside the webui, owned by one object.
+
+`get_state()` returns the one HypernetState of this process (the only module-level object: a registry of one). It
+holds the Library over the webui's hypernetwork folder (`--hypernetwork-dir`), the Attachment currently hooked into
+the loaded UNet with the list of what it applies, cached file facts and hashes, and the training jobs.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Dict, List, Optional, Tuple
+
+from ..attach import Attachment, Compatibility, attach, compatibility, find_attention
+from ..library import Entry, Library
+from . import metadata as _metadata
+from .settings import value
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One hypernetwork in the current attachment: the name as the tag wrote it, its file, its strength."""
+
+    name: str
+    entry: Entry
+    strength: object
+
+
+def _stamp(path: str) -> Tuple[int, int]:
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size
+
+
+class HypernetState:
+    def __init__(self, folder: Optional[str] = None):
+        self._folder = folder
+        self._library: Optional[Library] = None
+        self._library_folder: Optional[str] = None
+        self.attachment: Optional[Attachment] = None
+        self.applied: List[Applied] = []
+        self.warnings: List[str] = []
+        self._attach_key = None
+        self._facts: Dict[str, Tuple[Tuple[int, int], dict]] = {}
+        self._hashes: Dict[str, Tuple[Tuple[int, int], str]] = {}
+        self._sites: Optional[Tuple[weakref.ref, list]] = None
+        self.jobs: Dict[str, object] = {}
+        self.lock = threading.RLock()
+
+    # ------------------------------------------------------------------------------------------ folder, library
+    def folder(self) -> str:
+        """The webui's hypernetwork folder (--hypernetwork-dir, default models/hypernetworks)."""
+        if self._folder is not None:
+            return self._folder
+        from modules import shared
+        return os.path.abspath(shared.cmd_opts.hypernetwork_dir)
+
+    @property
+    def library(self) -> Library:
+        folder = self.folder()
+        with self.lock:
+            if self._library is None or self._library_folder != folder:
+                self._library = Library(folder, cache_size=value("cache_size"))
+                self._library_folder = folder
+            self._library.cache_size = value("cache_size")
+            return self._library
+
+    def refresh(self) -> List[Entry]:
+        """Rescan the folder (and the webui's own list, which its built-in Train tab reads)."""
+        entries = self.library.refresh()
+        try:
+            from modules import shared
+            shared.reload_hypernetworks()
+        except Exception:  # not in a webui, or a fork without the built-in list
+            pass
+        return entries
+
+    def resolve(self, name: str) -> Entry:
+        """The file a tag names (exact, then case-insensitive; rescans on a miss and when the file found has
+        gone since the last scan). NotFoundError names the folder and close matches."""
+        return self.library.resolve(name)
+
+    def entries(self) -> List[Entry]:
+        """One entry per network: a .pt and a .safetensors of the same stem in one folder count once."""
+        entries = self.library.entries
+        out, seen = [], {}
+        for e in entries:
+            key = os.path.join(os.path.dirname(e.path), e.name)
+            if key in seen:
+                if e.format == "safetensors":
+                    out[seen[key]] = e
+                continue
+            seen[key] = len(out)
+            out.append(e)
+        return out
+
+    def card_name(self, entry: Entry, entries: Optional[List[Entry]] = None) -> str:
+        """What a tag writes for this file: the stem, or the relative path when two folders share the stem."""
+        entries = self.entries() if entries is None else entries
+        if sum(1 for e in entries if e.name == entry.name) > 1:
+            return os.path.splitext(entry.relpath)[0]
+        return entry.name
+
+    def card_names(self) -> List[str]:
+        entries = self.entries()
+        return [self.card_name(e, entries) for e in entries]
+
+    # ------------------------------------------------------------------------------------------ the loaded model
+    @staticmethod
+    def loaded_model(load: bool = False):
+        """The webui's current model; without `load`, never triggers loading one (shared.sd_model would)."""
+        from modules import shared
+        if not load:
+            try:
+                from modules import sd_models
+                return sd_models.model_data.sd_model
+            except (ImportError, AttributeError):
+                pass
+        return shared.sd_model
+
+    @staticmethod
+    def unet_of(sd_model):
+        """The UNet of a webui model: ldm (SD1/2) and sgm (SDXL) both keep it at .model.diffusion_model."""
+        model = getattr(sd_model, "model", None)
+        return getattr(model, "diffusion_model", None)
+
+    def sites(self, unet) -> list:
+        with self.lock:
+            if self._sites is None or self._sites[0]() is not unet:
+                self._sites = (weakref.ref(unet), find_attention(unet))
+            return self._sites[1]
+
+    def model_changed(self) -> None:
+        """A new checkpoint: hooks on the old UNet go, cached fits are recomputed."""
+        self.detach()
+        with self.lock:
+            self._sites = None
+
+    # ------------------------------------------------------------------------------------------ applying
+    def apply(self, unet, stack: list, applied: List[Applied]) -> List[str]:
+        """Hook `stack` [(Hypernetwork, strength)] into `unet`, replacing the previous attachment; returns the
+        compatibility warnings. The same stack on the same UNet keeps its hooks."""
+        with self.lock:
+            if not stack or unet is None:
+                self.detach()
+                return []
+            key = (id(unet), tuple((id(hn), repr(s)) for hn, s in stack))
+            current = self.attachment
+            if current is not None and current.active and current.model_ref() is unet and key == self._attach_key:
+                self.applied = list(applied)
+                return list(self.warnings)
+            self.detach()
+            self.attachment = attach(unet, stack, warn=False)
+            self._attach_key = key
+            self.applied = list(applied)
+            self.warnings = list(self.attachment.warnings)
+            return list(self.warnings)
+
+    def detach(self) -> None:
+        with self.lock:
+            if self.attachment is not None:
+                self.attachment.remove()
+            self.attachment = None
+            self._attach_key = None
+            self.applied = []
+            self.warnings = []
+
+    # ------------------------------------------------------------------------------------------ facts about files
+    def describe(self, entry: Entry) -> dict:
+        """Metadata of a file, read from its header (cached while the file is unchanged)."""
+        stamp = _stamp(entry.path)
+        with self.lock:
+            hit = self._facts.get(entry.path)
+            if hit is not None and hit[0] == stamp:
+                return dict(hit[1])
+        try:
+            facts = _metadata.read(entry.path)
+        except Exception:
+            facts = _metadata.from_hypernetwork(self.library.load(entry))  # raises HypernetError if unreadable
+        with self.lock:
+            self._facts[entry.path] = (stamp, facts)
+        return dict(facts)
+
+    def fit(self, facts: dict, unet) -> Optional[Compatibility]:
+        """How a file with these facts meets `unet`; None without a model."""
+        if unet is None:
+            return None
+        stand_in = SimpleNamespace(name=facts.get("name") or "hypernetwork", dims=list(facts["dims"]))
+        return compatibility(stand_in, unet, self.sites(unet))
+
+    # ------------------------------------------------------------------------------------------ hashes
+    @staticmethod
+    def hash_title(entry: Entry) -> str:
+        """Key in the webui's hash cache; for a top-level .pt the same as the built-in's `hypernet/<stem>`."""
+        stem = os.path.splitext(entry.relpath)[0]
+        return f"hypernet/{stem}" + (".safetensors" if entry.format == "safetensors" else "")
+
+    def sha256(self, entry: Entry, compute: bool = True) -> Optional[str]:
+        """The file's sha256 from our cache or the webui's (cache.json); computed (and stored in the webui's
+        cache) only when `compute`. None when unknown, or when the webui runs with --no-hashing."""
+        stamp = _stamp(entry.path)
+        with self.lock:
+            hit = self._hashes.get(entry.path)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        digest = None
+        try:
+            from modules import hashes
+        except ImportError:
+            hashes = None
+        if hashes is not None:
+            digest = hashes.sha256_from_cache(entry.path, self.hash_title(entry))
+            if digest is None and compute:
+                digest = hashes.sha256(entry.path, self.hash_title(entry))
+        elif compute:
+            digest = self.library.sha256(entry)
+        if digest:
+            with self.lock:
+                self._hashes[entry.path] = (stamp, digest)
+        return digest
+
+    def shorthash(self, entry: Entry, compute: bool = True) -> str:
+        digest = self.sha256(entry, compute)
+        return digest[:10] if digest else ""
+
+    def find_by_hash(self, short: str) -> Optional[Entry]:
+        """The file whose sha256 starts with `short`: cached hashes first, then hashing the rest."""
+        short = short.strip().lower()
+        if not short:
+            return None
+        entries = self.entries()
+        for compute in (False, True):
+            for entry in entries:
+                try:
+                    digest = self.sha256(entry, compute=compute)
+                except OSError:  # gone since the last scan
+                    continue
+                if digest and digest.startswith(short):
+                    return entry
+        return None
+
+    # ------------------------------------------------------------------------------------------ shutdown
+    def close(self) -> None:
+        """Remove hooks and ask running training jobs to stop (they save and exit)."""
+        self.detach()
+        for job in list(self.jobs.values()):
+            stop = getattr(job, "stop", None)
+            if stop is not None:
+                stop.set()
+
+
+def clear_builtin() -> None:
+    """Empty the webui's own list of applied hypernetworks (shared.loaded_hypernetworks), so that its hijacked
+    attention (`apply_hypernetworks`, modules/hypernetworks/hypernetwork.py) adds nothing."""
+    try:
+        from modules import shared
+    except ImportError:
+        return
+    loaded = getattr(shared, "loaded_hypernetworks", None)
+    if isinstance(loaded, list):
+        loaded.clear()
+
+
+_registry: Dict[str, HypernetState] = {}
+
+
+def get_state() -> HypernetState:
+    """The extension state of this process."""
+    state = _registry.get("state")
+    if state is None:
+        state = _registry.setdefault("state", HypernetState())
+    return state
+
+
+def reset_state() -> None:
+    """Drop the state (hooks removed); the next get_state() starts afresh. For unloading and tests."""
+    state = _registry.pop("state", None)
+    if state is not None:
+        state.close()

@@ -1,0 +1,151 @@
+"""Training inside the webui: one job in a background thread, queued behind generations.
+
+The thread takes the webui's `modules.call_queue.queue_lock` (a FIFOLock; every txt2img/img2img/train call holds
+it, modules/call_queue.py:8 and wrap_gradio_gpu_call), so training never runs while an image is being generated
+and vice versa. While it runs, `shared.state` shows the job (begin/end, job_count/job_no, textinfo) and the webui's
+own Interrupt button (state.interrupted) stops it like POST train/interrupt does: the trainer finishes its step,
+saves, and returns.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..config import CreateOptions, TrainOptions
+from . import messages
+
+_counter = itertools.count(1)
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    name: str
+    state: str = "queued"          # queued, running, completed, interrupted, already-done, error
+    step: int = 0
+    start_step: int = 0
+    total: int = 0
+    loss: Optional[float] = None
+    learn_rate: Optional[float] = None
+    it_per_s: Optional[float] = None
+    last_saved: Optional[str] = None
+    last_preview: Optional[str] = None
+    output: Optional[str] = None
+    run_dir: Optional[str] = None
+    error: Optional[str] = None
+    created: float = field(default_factory=time.time)
+    started: Optional[float] = None
+    finished: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class TrainJob:
+    """Train one hypernetwork on the webui's loaded model; start() returns at once, status tells how it goes."""
+
+    def __init__(self, options: TrainOptions, *, name: str, hypernetwork: Optional[str] = None,
+                 create_fields: Optional[dict] = None):
+        """`hypernetwork`: the path of a file to continue; else `create_fields` (CreateOptions keywords, already
+        validated) make a new one, with the loaded model's widths when they name no `dims`."""
+        self.options = options
+        self.hypernetwork = hypernetwork
+        self.create_fields = dict(create_fields or {}, name=name) if hypernetwork is None else None
+        self.status = JobStatus(job_id=f"hypernet-train-{next(_counter)}-{uuid.uuid4().hex[:8]}", name=name,
+                                total=options.steps)
+        self.stop = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    @property
+    def job_id(self) -> str:
+        return self.status.job_id
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished is not None
+
+    def start(self) -> "TrainJob":
+        self.thread = threading.Thread(target=self._run, name=self.job_id, daemon=True)
+        self.thread.start()
+        return self
+
+    def interrupt(self) -> None:
+        self.stop.set()
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return self.status.to_dict()
+
+    def _update(self, **changes) -> None:
+        with self._lock:
+            for key, val in changes.items():
+                setattr(self.status, key, val)
+
+    # ------------------------------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        from modules import shared
+        from modules.call_queue import queue_lock
+        try:
+            with queue_lock:
+                if self.stop.is_set():
+                    self._update(state="interrupted")
+                    return
+                webui_state = getattr(shared, "state", None)
+                if webui_state is not None:
+                    webui_state.begin(job=self.job_id)
+                try:
+                    self._train(shared, webui_state)
+                finally:
+                    if webui_state is not None:
+                        webui_state.end()
+        except Exception as exc:
+            messages.report_error(f"hypernet: training {self.status.name!r} failed")
+            self._update(state="error", error=str(exc) or type(exc).__name__)
+        finally:
+            self._update(finished=time.time())
+
+    def _train(self, shared, webui_state) -> None:
+        from ..hosts.webui import WebuiHost
+        from ..train import Trainer
+        from .state import clear_builtin, get_state
+
+        sd_model = shared.sd_model
+        if sd_model is None:
+            raise RuntimeError("no model is loaded; load a checkpoint first")
+        state = get_state()
+        state.detach()      # generation hooks off; the trainer hooks its own
+        clear_builtin()     # and the built-in path adds nothing either
+        host = WebuiHost(sd_model)
+        create = None
+        if self.create_fields is not None:
+            create = CreateOptions(**{"dims": host.model_dims(), **self.create_fields})
+        self._update(state="running", started=time.time())
+
+        def on_progress(report) -> None:
+            self._update(step=report.step, loss=report.loss, learn_rate=report.learn_rate, it_per_s=report.it_per_s,
+                         last_saved=report.saved or self.status.last_saved,
+                         last_preview=report.preview or self.status.last_preview)
+            if webui_state is not None:
+                webui_state.job_no = report.step - self.status.start_step
+                webui_state.textinfo = f"hypernet {self.status.name}: step {report.step}/{report.total}, " \
+                                       f"loss {report.loss:.5f}"
+                if getattr(webui_state, "interrupted", False):
+                    self.stop.set()
+
+        trainer = Trainer(host, self.options, self.hypernetwork, create, stop=self.stop,
+                          on_progress=on_progress)
+        self._update(start_step=trainer.start_step, step=trainer.start_step, run_dir=str(trainer.run_dir))
+        if webui_state is not None:
+            webui_state.job_count = max(self.options.steps - trainer.start_step, 0)
+        result = trainer.run()
+        self._update(state=result.stopped, step=result.step, output=result.output, loss=result.last_loss)
+        try:
+            state.refresh()
+        except Exception:
+            pass
+
