@@ -3,9 +3,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The tiny test models' ops are far too small to gain from threads, and on a busy 2-core machine OpenMP's spinning
+# threads made single modules take minutes instead of seconds.
+torch.set_num_threads(1)
 FIXTURES = Path(os.environ.get("HYPERNET_FIXTURES", ROOT.parent / "shared" / "fixtures" / "a1111-reference"))
 
 

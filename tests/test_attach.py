@@ -28,16 +28,6 @@ MARGIN = 0.05  # a hooked output must differ from the base output by more than t
 
 # ---------------------------------------------------------------- fixtures and helpers
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The tiny UNets' ops are far too small to gain from threads, and on a busy 2-core machine OpenMP's spinning
-    # threads made this module take minutes instead of seconds. Restored afterwards for other modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_unet(kind: str) -> nn.Module:
     """A fresh tiny UNet, the same weights every time (building one is faster than deep-copying one)."""
     return tiny_ldm_unet(context_dim=LDM_CONTEXT) if kind == "ldm" else tiny_diffusers_unet(kind)

@@ -14,14 +14,6 @@ from webui_stub.harness import stub_modules
 SD1_DIMS = [32, 64, 768]   # the tiny ldm UNet: self-attention 32/64, cross-attention 768 (as SD1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def webui(tmp_path):
     with stub_modules(tmp_path) as w:

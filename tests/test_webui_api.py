@@ -16,14 +16,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 API = "/hypernet/v1"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def httpx_without_app(monkeypatch):
     """starlette 0.26 (the webui's fastapi 0.94) passes app= to httpx.Client, which httpx 0.28 removed; the

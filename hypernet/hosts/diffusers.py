@@ -56,6 +56,15 @@ def load_pipeline(path, *, dtype=torch.float32, kind: str = "auto"):
             "checkpoint to a diffusers folder on a machine with access, or pass --model a diffusers folder") from None
 
 
+def _fingerprint(model) -> str:
+    """A cheap identity for a diffusers model: a hash of its config and a few weight statistics."""
+    digest = hashlib.sha256(json.dumps(dict(model.config), sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for _, p in list(model.named_parameters())[:4]:
+            digest.update(repr(float(p.double().sum())).encode())
+    return digest.hexdigest()
+
+
 class DiffusersHost:
     """Trainer-facing adapter for a diffusers StableDiffusion(XL)Pipeline."""
 
@@ -115,20 +124,11 @@ class DiffusersHost:
                 "cross_attention_dim": cfg.cross_attention_dim, "unet_hash": self.unet_fingerprint()}
 
     def unet_fingerprint(self) -> str:
-        """A cheap identity for the UNet: a hash of its config and a few weight statistics."""
-        digest = hashlib.sha256(json.dumps(dict(self.unet.config), sort_keys=True, default=str).encode())
-        with torch.no_grad():
-            for _, p in list(self.unet.named_parameters())[:4]:
-                digest.update(repr(float(p.double().sum())).encode())
-        return digest.hexdigest()[:10]
+        return _fingerprint(self.unet)[:10]
 
     @property
     def vae_key(self) -> str:
-        digest = hashlib.sha256(json.dumps(dict(self.vae.config), sort_keys=True, default=str).encode())
-        with torch.no_grad():
-            for _, p in list(self.vae.named_parameters())[:4]:
-                digest.update(repr(float(p.double().sum())).encode())
-        return digest.hexdigest()[:16]
+        return _fingerprint(self.vae)[:16]
 
     # ------------------------------------------------------------------------------------------ trainer API
     @torch.no_grad()
