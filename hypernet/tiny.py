@@ -2,6 +2,10 @@
 
 They serve the tests (random weights, SD1 / SD2-v / SDXL shapes) and the built-in demo model. The tokenizer is a
 CLIPTokenizer over a byte-level vocabulary written by this module, so nothing is fetched from a hub.
+
+The built-in *trained* model ships in hypernet/assets/tiny-sd (see the README.md there): ``load_pipeline()`` builds it
+offline. ``python -m hypernet.tiny build`` retrains it (hypernet/tiny_build.py), ``python -m hypernet.tiny sample
+"a red circle on the left, blue background" --out x.png`` draws with it.
 """
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import json
 import os
 import tempfile
 from functools import lru_cache
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
@@ -20,6 +25,10 @@ KINDS = {
     "sdxl": {"cross": 64, "prediction": "epsilon"},   # two 32-wide text encoders, concatenated as in SDXL
 }
 BLOCKS = (32, 64)  # UNet block widths = self-attention widths
+
+ASSETS = Path(__file__).resolve().parent / "assets" / "tiny-sd"  # the shipped trained model
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
 
 
 def _bytes_to_unicode() -> dict:
@@ -60,6 +69,69 @@ def tokenizer(max_length: int = 77):
                         model_max_length=max_length, pad_token="<|endoftext|>")
     if len(tok) < 500:
         raise RuntimeError("tiny tokenizer came out empty")
+    return tok
+
+
+def _bpe(word: tuple, ranks: dict) -> tuple:
+    """CLIP's byte-pair merge loop for one word (a tuple of symbols), as the tokenizer applies it."""
+    while len(word) > 1:
+        pairs = [(ranks.get(p, float("inf")), i, p) for i, p in enumerate(zip(word, word[1:]))]
+        rank, _, best = min(pairs)
+        if rank == float("inf"):
+            break
+        out, i = [], 0
+        while i < len(word):
+            if i < len(word) - 1 and (word[i], word[i + 1]) == best:
+                out.append(word[i] + word[i + 1])
+                i += 2
+            else:
+                out.append(word[i])
+                i += 1
+        word = tuple(out)
+    return word
+
+
+def write_word_tokenizer(folder, words) -> str:
+    """Write vocab.json / merges.txt for a CLIP tokenizer that keeps each of `words` as one token.
+
+    The vocabulary is the byte-level one of `tokenizer()` (any text still encodes, a character at a time) plus BPE
+    merges that assemble each listed word; the two special tokens come last, as in `tokenizer()`.
+    """
+    os.makedirs(folder, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    merges: list = []
+    ranks: dict = {}
+    for word in words:
+        word = word.lower()
+        symbols = tuple(word[:-1]) + (word[-1] + "</w>",)
+        while True:
+            # Each new merge ranks after all earlier ones, so it never changes how earlier words split.
+            pieces = _bpe(symbols, ranks)
+            if len(pieces) == 1:
+                break
+            pair = (pieces[0], pieces[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            vocab.setdefault(pair[0] + pair[1], len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as fh:
+        json.dump(vocab, fh, ensure_ascii=False, indent=0)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as fh:
+        fh.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return str(folder)
+
+
+def load_tokenizer(folder, max_length: int = 77):
+    """The CLIPTokenizer stored in `folder` (vocab.json / merges.txt), offline."""
+    from transformers import CLIPTokenizer
+    tok = CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"),
+                        model_max_length=max_length, pad_token="<|endoftext|>")
+    if len(tok) < 500:
+        raise RuntimeError(f"tokenizer in {folder} came out empty")
     return tok
 
 
@@ -126,3 +198,89 @@ def pipeline(kind: str = "sd1", seed: int = 0):
                                            requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_pipeline(folder=None, device="cpu", dtype: torch.dtype = torch.float32):
+    """The trained tiny model (hypernet/assets/tiny-sd, or `folder` from a build) as a StableDiffusionPipeline.
+
+    Built from the real diffusers / transformers classes and the stored configs; weights are read from
+    model.safetensors (stored as float16, loaded as `dtype`). No network. 64x64 images, 8x8x4 latents, a DDIM
+    scheduler, no safety checker, progress bar off.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from safetensors.torch import load_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from .errors import HypernetError
+    folder = Path(folder) if folder else ASSETS
+    weights, config_path = folder / WEIGHTS, folder / CONFIG
+    if not weights.is_file() or not config_path.is_file():
+        raise HypernetError(f"the tiny model's weights are missing ({weights}); build them with "
+                            f"`python -m hypernet.tiny build`" + (f" --out {folder}" if folder != ASSETS else ""))
+    config = json.loads(config_path.read_text())
+    tok = load_tokenizer(folder / config["tokenizer"]["folder"], config["tokenizer"]["model_max_length"])
+    text_cfg = {k: v for k, v in config["text_encoder"].items() if k not in ("architectures", "transformers_version")}
+    modules = {"text_encoder": CLIPTextModel(CLIPTextConfig(**text_cfg)),
+               "vae": AutoencoderKL.from_config(config["vae"]),
+               "unet": UNet2DConditionModel.from_config(config["unet"])}
+    state = load_file(str(weights))
+    for name, module in modules.items():
+        prefix = name + "."
+        part = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(part, strict=True)
+        module.eval().requires_grad_(False)
+        if dtype != torch.float32 or torch.device(device).type != "cpu":
+            module.to(device=device, dtype=dtype)
+    pipe = StableDiffusionPipeline(**modules, tokenizer=tok, scheduler=DDIMScheduler.from_config(config["scheduler"]),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.register_to_config(_name_or_path=str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sample(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, cfg: float = 5.0):
+    """64x64 PIL images, one per (prompt, seed), deterministic; see tiny_build.generate."""
+    from .tiny_build import generate
+    return generate(pipe, list(prompts), list(seeds), steps, cfg)
+
+
+def main(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m hypernet.tiny", description="the built-in tiny SD model")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train the tiny model from scratch on generated scenes (CPU, ~25 min)")
+    b.add_argument("--out", default=None, help=f"output folder (default: the shipped one, {ASSETS})")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's step count (0.01: a smoke test)")
+    b.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock cap; stages stop early when it runs out (the result then depends on timing)")
+    b.add_argument("--no-samples", action="store_true", help="skip the accuracy check and samples.png")
+    s = sub.add_parser("sample", help="draw images with the tiny model")
+    s.add_argument("prompt", nargs="+")
+    s.add_argument("--out", default="tiny.png", help="PNG path (several prompts/images: one row each, side by side)")
+    s.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-n", "--images", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    s.add_argument("--steps", type=int, default=20)
+    s.add_argument("--cfg", type=float, default=5.0)
+    s.add_argument("--scale", type=int, default=4, help="upscale factor of the saved PNG (nearest neighbour)")
+    args = ap.parse_args(argv)
+    if args.cmd == "build":
+        from .tiny_build import build
+        build(args.out, seed=args.seed, scale=args.scale, minutes=args.minutes, samples=not args.no_samples)
+        return 0
+    from PIL import Image
+    pipe = load_pipeline(args.model)
+    rows = [sample(pipe, [p] * args.images, [args.seed + i for i in range(args.images)], args.steps, args.cfg)
+            for p in args.prompt]
+    out = Image.new("RGB", (64 * args.images, 64 * len(rows)))
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            out.paste(img, (64 * c, 64 * r))
+    out = out.resize((out.width * args.scale, out.height * args.scale), Image.NEAREST)
+    out.save(args.out)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
