@@ -36,6 +36,23 @@ def _stat_key(path: str) -> Tuple[int, int]:
     return st.st_mtime_ns, st.st_size
 
 
+def one_per_network(entries: List[Entry]) -> List[Entry]:
+    """Entries with a .pt and a .safetensors of the same stem in one folder counted once, as the safetensors copy.
+
+    Both are one network in two formats (e.g. after `convert`); the safetensors copy needs no unpickling.
+    """
+    out: List[Entry] = []
+    seen: Dict[str, int] = {}
+    for entry in entries:
+        key = os.path.join(os.path.dirname(entry.path), entry.name)
+        if key not in seen:
+            seen[key] = len(out)
+            out.append(entry)
+        elif entry.format == "safetensors":
+            out[seen[key]] = entry
+    return out
+
+
 class Library:
     """Hypernetworks under one or more folders, scanned recursively; loaded files cached by path and mtime."""
 
@@ -99,14 +116,9 @@ class Library:
                 out.append(e)
         return out
 
-    @staticmethod
-    def _prefer_one(found: List[Entry]) -> List[Entry]:
-        # The same stem as .pt and .safetensors in one folder is one network in two formats (e.g. after
-        # `convert`); take the safetensors copy since it needs no unpickling.
-        folders = {os.path.dirname(e.path) + "/" + e.name for e in found}
-        if len(folders) == 1 and len(found) > 1:
-            return [e for e in found if e.format == "safetensors"][:1] or found[:1]
-        return found
+    def networks(self) -> List[Entry]:
+        """One entry per network, in listing order (see one_per_network)."""
+        return one_per_network(self._entries)
 
     def resolve(self, name: str) -> Entry:
         """The one entry called `name`: exact match first, then case-insensitive; NotFoundError otherwise."""
@@ -114,7 +126,7 @@ class Library:
             if attempt == 0 and any(not os.path.exists(e.path) for e in self._matches(name, True)):
                 self.refresh()  # a file deleted since the last scan must not resolve
             for fold in (False, True):
-                found = self._prefer_one(self._matches(name, fold))
+                found = one_per_network(self._matches(name, fold))
                 if len(found) == 1:
                     return found[0]
                 if len(found) > 1:

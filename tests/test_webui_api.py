@@ -1,6 +1,5 @@
 """The /hypernet/v1/ HTTP API, through FastAPI's TestClient, against the stand-in webui `modules`."""
 import inspect
-import time
 from pathlib import Path
 
 import pytest
@@ -69,13 +68,10 @@ def field_of(response):
 
 
 def wait(client, job_id, until=lambda s: s["finished"] is not None, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = client.get(f"{API}/train/status", params={"job_id": job_id}).json()
-        if until(status):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not get there in {timeout}s: {status}")
+    from hypernet.webui.state import get_state
+    if not get_state().jobs[job_id].wait_for(until, timeout):
+        raise AssertionError(f"job {job_id} did not get there in {timeout}s")
+    return client.get(f"{API}/train/status", params={"job_id": job_id}).json()
 
 
 def train_body(data_dir, **kw):
@@ -202,7 +198,8 @@ def test_training_waits_for_the_generation_queue(webui, sd_model, data_dir):
         r = webui.client.post(f"{API}/train", json=train_body(data_dir, name="queued"))
         assert r.status_code == 200
         job_id = r.json()["job_id"]
-        time.sleep(0.5)
+        from hypernet.webui.state import get_state
+        assert not get_state().jobs[job_id].wait_for(lambda s: s["state"] != "queued", timeout=0.5)
         assert webui.client.get(f"{API}/train/status").json()["state"] == "queued"
         r = webui.client.post(f"{API}/train", json=train_body(data_dir, name="second"))
         assert r.status_code == 409                            # one training at a time

@@ -83,17 +83,7 @@ class HypernetState:
 
     def entries(self) -> List[Entry]:
         """One entry per network: a .pt and a .safetensors of the same stem in one folder count once."""
-        entries = self.library.entries
-        out, seen = [], {}
-        for e in entries:
-            key = os.path.join(os.path.dirname(e.path), e.name)
-            if key in seen:
-                if e.format == "safetensors":
-                    out[seen[key]] = e
-                continue
-            seen[key] = len(out)
-            out.append(e)
-        return out
+        return self.library.networks()
 
     def card_name(self, entry: Entry, entries: Optional[List[Entry]] = None) -> str:
         """What a tag writes for this file: the stem, or the relative path when two folders share the stem."""

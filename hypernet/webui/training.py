@@ -60,6 +60,7 @@ class TrainJob:
         self.stop = threading.Event()
         self.thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
 
     @property
     def job_id(self) -> str:
@@ -81,10 +82,16 @@ class TrainJob:
         with self._lock:
             return self.status.to_dict()
 
+    def wait_for(self, predicate, timeout: Optional[float] = None) -> bool:
+        """Block until predicate(status dict) holds (checked at every status change); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.status.to_dict()), timeout)
+
     def _update(self, **changes) -> None:
-        with self._lock:
+        with self._changed:
             for key, val in changes.items():
                 setattr(self.status, key, val)
+            self._changed.notify_all()
 
     # ------------------------------------------------------------------------------------------ the thread
     def _run(self) -> None:
