@@ -35,11 +35,10 @@ def load_pipeline(path, *, dtype=torch.float32, kind: str = "auto"):
         if not index.exists():
             raise HypernetError(f"--model {path}: folder has no model_index.json; it is not a diffusers pipeline")
         try:
-            cls_name = json.loads(index.read_text())["_class_name"]
-            cls = getattr(diffusers, cls_name)
-            return cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True,
-                                       safety_checker=None) if "safety_checker" in index.read_text() else \
-                cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+            text = index.read_text()
+            cls = getattr(diffusers, json.loads(text)["_class_name"])
+            extra = {"safety_checker": None} if "safety_checker" in text else {}
+            return cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True, **extra)
         except HypernetError:
             raise
         except Exception as exc:
