@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import CreateOptions
+from .config import CreateOptions, DemoOptions
 from .errors import HypernetError
 
 
@@ -179,6 +179,18 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # diffusers' import chatter is not for newcomers
+    from .demo import run
+    demo = run(options_from_args(DemoOptions, args))
+    print(f"hypernetwork: {demo.pt} and {demo.safetensors}")
+    print(f"loss log:     {demo.loss_csv} (plot: {demo.loss_png})")
+    print(f"comparison:   {demo.grid} (same prompts and seeds: without, strength 0.5, strength 1.0)")
+    print(f"style shift: mean distance to the palette {demo.base_distance:.1f} without -> {demo.half_distance:.1f} "
+          f"at 0.5 -> {demo.styled_distance:.1f} at 1.0 ({demo.shift:.0%} closer), in {demo.seconds:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m hypernet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -212,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_option_flags(p, TrainOptions)
     add_option_flags(p, CreateOptions)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="train a style hypernetwork on the built-in tiny model and show the effect")
+    add_option_flags(p, DemoOptions)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("check", help="load a file safely; exit 2 with the reason if it is refused")
     p.add_argument("file")

@@ -363,3 +363,24 @@ def _coerce(name: str, value, kind):
         return number
     except (TypeError, ValueError):
         raise ConfigError(name, f"expected {'a whole number' if kind is int else 'a number'}, got {value!r}") from None
+
+
+@dataclass
+class DemoOptions:
+    """Options of `python -m hypernet demo` (the built-in tiny model, a style set, training and a comparison)."""
+
+    out: str = _opt("hypernet-demo", "output folder")
+    data: str = _opt("", "your own image folder (captions in <image>.txt) instead of the bundled style set")
+    steps: int = _opt(300, "training steps")
+    learning_rate: str = _opt("2e-3", "learning rate or schedule")
+    batch_size: int = _opt(4, "images per step")
+    seed: int = _opt(0, "seed for the style set, training and the comparison")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), type(f.default)))
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+        from .schedule import parse_schedule
+        parse_schedule(self.learning_rate, self.steps, field="learning_rate")
