@@ -50,9 +50,20 @@ def shorthash(path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- writing
+def _new_file_mode(path: Path) -> int:
+    """The permissions a plain open() would give: the replaced file's, else 0o666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def atomic_write(path, data: bytes) -> None:
     """Write bytes so that `path` is always either the old file or the complete new one."""
     path = Path(path)
+    mode = _new_file_mode(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -63,6 +74,7 @@ def atomic_write(path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files, which a webui running as another user could not read
         os.replace(tmp, path)
     except BaseException as exc:
         try:

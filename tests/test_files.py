@@ -423,6 +423,21 @@ def test_random_bytes_are_refused_cleanly(tmp_path_factory, blob):
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
+def test_saved_files_get_ordinary_permissions_and_keep_a_replaced_files(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.pt"
+        _small().save(fresh)
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.safetensors"
+        _small().save(kept)
+        os.chmod(kept, 0o640)
+        _small(name="again").save(kept)
+        assert kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_interrupted_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "x.pt"
     old = _small(name="old")
