@@ -109,7 +109,7 @@ def test_create_with_defaults_reports_where_and_how_big(webui):
     path = webui.folder / "gollum.pt"
     assert reply["path"] == str(path) and reply["size_bytes"] == path.stat().st_size
     assert reply["parameters"] > 20_000_000 and "None" not in reply["info"]
-    assert reply["info"].startswith(f"Created {path} (") and "parameters)" in reply["info"]
+    assert reply["info"].startswith(f"Created {path} (") and "parameters, widths 320, 640, 768, 1280)" in reply["info"]
     hn = hypernet.load(path)
     assert hn.dims == [320, 640, 768, 1280] and hn.config.activation == "relu" and hn.step == 0
     assert hypernet.webui_check(path) is None                # the webui's own loader accepts it

@@ -16,17 +16,14 @@ The models work with pydantic 1 (the webui's fastapi 0.94) and 2 (Forge, newer f
 # No `from __future__ import annotations` here: FastAPI reads the route functions' annotations, and the request
 # models are local to add_routes.
 import dataclasses
-import os
 from typing import Any, Optional
 
 from ..config import CreateOptions, TrainOptions
-from ..errors import ConfigError, HypernetError, NotFoundError
-from .settings import SAVE_FORMATS, value
+from . import actions
+from .actions import CREATE_FIELDS, TRAIN_FIELDS
 from .state import HypernetState, get_state
 
 PREFIX = "/hypernet/v1"
-CREATE_FIELDS = tuple(f.name for f in dataclasses.fields(CreateOptions))
-TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainOptions))
 _EXTRA_FIELDS = ("hypernetwork", "overwrite", "format")
 if set(CREATE_FIELDS) & set(TRAIN_FIELDS) or set(_EXTRA_FIELDS) & set(CREATE_FIELDS + TRAIN_FIELDS):
     raise RuntimeError("the train request mixes CreateOptions, TrainOptions and its own fields by name; "
@@ -100,57 +97,6 @@ def _error(status: int, field: Optional[str], message: str):
     return HTTPException(status_code=status, detail=detail)
 
 
-def _config_error(exc: ConfigError):
-    return _error(422, exc.field, str(exc))
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def default_log_dir() -> str:
-    """The "log folder" setting, else <webui data folder>/textual_inversion (the built-in Train tab's default)."""
-    configured = value("log_dir")
-    if configured:
-        return configured
-    try:
-        from modules import paths_internal
-        base = paths_internal.data_path
-    except (ImportError, AttributeError):
-        base = os.getcwd()
-    return os.path.join(base, "textual_inversion")
-
-
-def _format(fields: dict) -> str:
-    fmt = fields.pop("format", None) or value("save_format")
-    fmt = fmt if fmt.startswith(".") else "." + fmt
-    if fmt not in SAVE_FORMATS:
-        raise _error(422, "format", f"format: {fmt!r} is not one of {', '.join(SAVE_FORMATS)}")
-    return fmt
-
-
-def _target(state: HypernetState, name: str, fmt: str, overwrite: bool) -> str:
-    """The path a new file called `name` goes to; 409 if it exists (without overwrite) or the same name exists in
-    the other format (which would shadow or be shadowed by it)."""
-    folder = state.folder()
-    path = os.path.join(folder, name + fmt)
-    if os.path.exists(path) and not overwrite:
-        raise _error(409, "overwrite", f"{path} already exists; send overwrite: true to replace it")
-    for suffix in SAVE_FORMATS:
-        other = os.path.join(folder, name + suffix)
-        if other != path and os.path.exists(other):
-            raise _error(409, "format", f"{other} already exists and would be confused with a new {fmt} file of "
-                                        f"the same name; use format {suffix!r} or another name")
-    return path
-
-
-def _size(n: int) -> str:
-    return f"{n / 2 ** 20:.1f} MiB" if n >= 2 ** 20 else f"{n / 1024:.1f} KiB"
-
-
-def _refuse_if_running(state: HypernetState) -> None:
-    running = [job for job in list(state.jobs.values()) if not job.finished]
-    if running:
-        raise _error(409, None, f"training job {running[0].job_id} is still running; interrupt it or wait")
-
-
 def _current_unet(state: HypernetState):
     model = state.loaded_model(load=False)
     return state.unet_of(model) if model is not None else None
@@ -212,78 +158,19 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
         return {"count": len(names), "hypernetworks": names}
 
     def create(body: CreateRequest = Body(...)):  # type: ignore[valid-type]
-        from .. import from_options
-        st = the_state()
-        fields = _dump(body)
-        overwrite = bool(fields.pop("overwrite", False))
-        fmt = _format(fields)
         try:
-            config = CreateOptions(**fields)
-        except ConfigError as exc:
-            raise _config_error(exc) from None
-        path = _target(st, config.name, fmt, overwrite)
-        hn = from_options(config)
-        try:
-            written = hn.save(path, overwrite=overwrite)
-        except HypernetError as exc:
-            raise _error(400, None, str(exc)) from None
-        st.refresh()
-        size, params = os.path.getsize(written), hn.parameter_count()
-        reply = {"info": f"Created {written} ({_size(size)}, {params:,} parameters)", "name": config.name,
-                 "path": written, "size_bytes": size, "parameters": params, "dims": hn.dims}
-        others = [e.relpath for e in st.library.entries if e.name == config.name and e.path != os.path.abspath(written)]
-        if others:
-            reply["note"] = (f"other files are also called {config.name!r} ({', '.join(others)}); tags must write "
-                             "the relative path to tell them apart")
-        return reply
+            return actions.create_file(the_state(), _dump(body))
+        except actions.ActionError as exc:
+            raise _error(exc.status, exc.field, str(exc)) from None
 
     def train(body: TrainRequest = Body(...)):  # type: ignore[valid-type]
-        from .training import TrainJob
-        st = the_state()
-        fields = {k: v for k, v in _dump(body).items() if v is not None}  # null = the default
-        source = fields.pop("hypernetwork", None)
-        overwrite = bool(fields.pop("overwrite", False))
-        fmt = _format(fields)
-        create_fields = {k: fields.pop(k) for k in CREATE_FIELDS if k in fields}
-        _refuse_if_running(st)
-        if source and create_fields:
-            raise _error(422, "hypernetwork", "hypernetwork: give either an existing hypernetwork to continue or "
-                                              f"the fields of a new one ({', '.join(create_fields)}), not both")
-        if not source and not create_fields.get("name"):
-            raise _error(422, "name", "name: name the new hypernetwork, or give `hypernetwork` to continue "
-                                      "training an existing one")
-        data = fields.get("data")
-        if not data:
-            raise _error(422, "data", "data: the folder of training images is required")
-        if not os.path.isdir(str(data)):
-            raise _error(422, "data", f"data: {data} is not a folder")
-        fields.setdefault("log_dir", default_log_dir())
-        if source:
-            try:
-                entry = st.resolve(str(source))
-            except NotFoundError as exc:
-                raise _error(422, "hypernetwork", f"hypernetwork: {exc}") from None
-            name, hypernetwork = entry.name, entry.path
-            fields.setdefault("output", entry.path)
-        else:
-            try:  # validated now (dims are the model's when not given, known only once the job runs)
-                CreateOptions(**{"dims": [768], **create_fields})
-            except ConfigError as exc:
-                raise _config_error(exc) from None
-            name, hypernetwork = str(create_fields["name"]).strip(), None
-            if not fields.get("output"):
-                fields["output"] = _target(st, name, fmt, overwrite)
         try:
-            options = TrainOptions(**fields)
-        except ConfigError as exc:
-            raise _config_error(exc) from None
-        job = TrainJob(options, name=name, hypernetwork=hypernetwork, create_fields=create_fields or None)
-        with st.lock:  # two requests at once: only one may start
-            _refuse_if_running(st)
-            st.jobs[job.job_id] = job
-            job.start()
-        return {"job_id": job.job_id, "name": name, "state": job.snapshot()["state"], "output": options.output,
-                "log_dir": options.log_dir, "steps": options.steps}
+            job = actions.start_training(the_state(), _dump(body))
+        except actions.ActionError as exc:
+            raise _error(exc.status, exc.field, str(exc)) from None
+        options = job.options
+        return {"job_id": job.job_id, "name": job.status.name, "state": job.snapshot()["state"],
+                "output": options.output, "log_dir": options.log_dir, "steps": options.steps}
 
     def _job(job_id: Optional[str]):
         st = the_state()
@@ -293,7 +180,7 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
                 from fastapi import HTTPException
                 raise HTTPException(status_code=404, detail=f"no training job {job_id!r}")
             return job
-        return max(st.jobs.values(), key=lambda j: j.status.created, default=None)
+        return actions.latest_job(st)
 
     def train_status(job_id: Optional[str] = Query(None)):
         job = _job(job_id)

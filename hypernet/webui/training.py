@@ -1,19 +1,21 @@
-"""Training inside the webui: one job in a background thread, queued behind generations.
+"""Training jobs: one TrainJob in a background thread, run through a runtime that knows the host.
 
-The thread takes the webui's `modules.call_queue.queue_lock` (a FIFOLock; every txt2img/img2img/train call holds
-it, modules/call_queue.py:8 and wrap_gradio_gpu_call), so training never runs while an image is being generated
-and vice versa. While it runs, `shared.state` shows the job (begin/end, job_count/job_no, textinfo) and the webui's
-own Interrupt button (state.interrupted) stops it like POST train/interrupt does: the trainer finishes its step,
-saves, and returns.
+WebuiRuntime is the webui's: the thread takes `modules.call_queue.queue_lock` (a FIFOLock; every txt2img/img2img/
+train call holds it, modules/call_queue.py:8 and wrap_gradio_gpu_call), so training never runs while an image is
+being generated and vice versa. While it runs, `shared.state` shows the job (begin/end, job_count/job_no, textinfo)
+and the webui's own Interrupt button (state.interrupted) stops it like POST train/interrupt does: the trainer
+finishes its step, saves, and returns. LocalRuntime serves the standalone UI: a plain lock shared with its Generate
+tab and a diffusers pipeline.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from ..config import CreateOptions, TrainOptions
 from . import messages
@@ -45,14 +47,96 @@ class JobStatus:
         return dict(self.__dict__)
 
 
+class WebuiRuntime:
+    """How a job runs inside the webui: its queue lock, its job state, its loaded model."""
+
+    def __init__(self):
+        self._webui_state = None
+
+    @contextlib.contextmanager
+    def session(self, job_id: str):
+        from modules import shared
+        from modules.call_queue import queue_lock
+        with queue_lock:
+            self._webui_state = getattr(shared, "state", None)
+            if self._webui_state is not None:
+                self._webui_state.begin(job=job_id)
+            try:
+                yield
+            finally:
+                if self._webui_state is not None:
+                    self._webui_state.end()
+                self._webui_state = None
+
+    def host(self):
+        from modules import shared
+        from ..hosts.webui import WebuiHost
+        from .state import clear_builtin, get_state
+        sd_model = shared.sd_model
+        if sd_model is None:
+            raise RuntimeError("no model is loaded; load a checkpoint first")
+        get_state().detach()  # generation hooks off; the trainer hooks its own
+        clear_builtin()       # and the built-in path adds nothing either
+        return WebuiHost(sd_model)
+
+    def planned(self, steps: int) -> None:
+        if self._webui_state is not None:
+            self._webui_state.job_count = max(steps, 0)
+
+    def progress(self, name: str, report, done: int) -> bool:
+        """Show progress in the webui; True when its Interrupt button was pressed."""
+        ws = self._webui_state
+        if ws is None:
+            return False
+        ws.job_no = done
+        ws.textinfo = f"hypernet {name}: step {report.step}/{report.total}, loss {report.loss:.5f}"
+        return bool(getattr(ws, "interrupted", False))
+
+    def finished(self) -> None:
+        from .state import get_state
+        try:
+            get_state().refresh()
+        except Exception:
+            pass
+
+
+class LocalRuntime:
+    """How a job runs outside a webui: a host made on demand and a lock shared with generation."""
+
+    def __init__(self, make_host: Callable[[], object], lock=None, on_finished: Optional[Callable[[], None]] = None):
+        self.make_host = make_host
+        self.lock = lock if lock is not None else threading.Lock()
+        self.on_finished = on_finished
+
+    @contextlib.contextmanager
+    def session(self, job_id: str):
+        with self.lock:
+            yield
+
+    def host(self):
+        return self.make_host()
+
+    def planned(self, steps: int) -> None:
+        pass
+
+    def progress(self, name: str, report, done: int) -> bool:
+        return False
+
+    def finished(self) -> None:
+        if self.on_finished is not None:
+            self.on_finished()
+
+
 class TrainJob:
     """Train one hypernetwork on the webui's loaded model; start() returns at once, status tells how it goes."""
 
     def __init__(self, options: TrainOptions, *, name: str, hypernetwork: Optional[str] = None,
-                 create_fields: Optional[dict] = None):
+                 create_fields: Optional[dict] = None, runtime=None):
         """`hypernetwork`: the path of a file to continue; else `create_fields` (CreateOptions keywords, already
-        validated) make a new one, with the loaded model's widths when they name no `dims`."""
+        validated) make a new one, with the loaded model's widths when they name no `dims`. `runtime`: where it
+        runs (default: the webui)."""
         self.options = options
+        self.runtime = runtime if runtime is not None else WebuiRuntime()
         self.hypernetwork = hypernetwork
         self.create_fields = dict(create_fields or {}, name=name) if hypernetwork is None else None
         self.status = JobStatus(job_id=f"hypernet-train-{next(_counter)}-{uuid.uuid4().hex[:8]}", name=name,
@@ -95,39 +179,21 @@ class TrainJob:
 
     # ------------------------------------------------------------------------------------------ the thread
     def _run(self) -> None:
-        from modules import shared
-        from modules.call_queue import queue_lock
         try:
-            with queue_lock:
+            with self.runtime.session(self.job_id):
                 if self.stop.is_set():
                     self._update(state="interrupted")
                     return
-                webui_state = getattr(shared, "state", None)
-                if webui_state is not None:
-                    webui_state.begin(job=self.job_id)
-                try:
-                    self._train(shared, webui_state)
-                finally:
-                    if webui_state is not None:
-                        webui_state.end()
+                self._train()
         except Exception as exc:
             messages.report_error(f"hypernet: training {self.status.name!r} failed")
             self._update(state="error", error=str(exc) or type(exc).__name__)
         finally:
             self._update(finished=time.time())
 
-    def _train(self, shared, webui_state) -> None:
-        from ..hosts.webui import WebuiHost
+    def _train(self) -> None:
         from ..train import Trainer
-        from .state import clear_builtin, get_state
-
-        sd_model = shared.sd_model
-        if sd_model is None:
-            raise RuntimeError("no model is loaded; load a checkpoint first")
-        state = get_state()
-        state.detach()      # generation hooks off; the trainer hooks its own
-        clear_builtin()     # and the built-in path adds nothing either
-        host = WebuiHost(sd_model)
+        host = self.runtime.host()
         create = None
         if self.create_fields is not None:
             create = CreateOptions(**{"dims": host.model_dims(), **self.create_fields})
@@ -137,22 +203,13 @@ class TrainJob:
             self._update(step=report.step, loss=report.loss, learn_rate=report.learn_rate, it_per_s=report.it_per_s,
                          last_saved=report.saved or self.status.last_saved,
                          last_preview=report.preview or self.status.last_preview)
-            if webui_state is not None:
-                webui_state.job_no = report.step - self.status.start_step
-                webui_state.textinfo = f"hypernet {self.status.name}: step {report.step}/{report.total}, " \
-                                       f"loss {report.loss:.5f}"
-                if getattr(webui_state, "interrupted", False):
-                    self.stop.set()
+            if self.runtime.progress(self.status.name, report, report.step - self.status.start_step):
+                self.stop.set()
 
         trainer = Trainer(host, self.options, self.hypernetwork, create, stop=self.stop,
                           on_progress=on_progress)
         self._update(start_step=trainer.start_step, step=trainer.start_step, run_dir=str(trainer.run_dir))
-        if webui_state is not None:
-            webui_state.job_count = max(self.options.steps - trainer.start_step, 0)
+        self.runtime.planned(self.options.steps - trainer.start_step)
         result = trainer.run()
         self._update(state=result.stopped, step=result.step, output=result.output, loss=result.last_loss)
-        try:
-            state.refresh()
-        except Exception:
-            pass
-
+        self.runtime.finished()
