@@ -191,6 +191,19 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_ui(args) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a machine that may be offline
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise HypernetError("the ui needs gradio: pip install -e \".[ui]\" (or pip install gradio)") from None
+    from .standalone import serve
+    print(f"hypernet ui on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    serve(args.model, args.hypernetworks, args.log_dir, host=args.host, port=args.port, open_browser=args.open)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m hypernet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -228,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a style hypernetwork on the built-in tiny model and show the effect")
     add_option_flags(p, DemoOptions)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("ui", help="serve the Create, Train and Generate tabs in a browser, without a webui")
+    p.add_argument("--model", help="diffusers folder or single .safetensors/.ckpt (default: the built-in tiny model)")
+    p.add_argument("--hypernetworks", default="models/hypernetworks",
+                   help="folder of hypernetwork files (default: models/hypernetworks)")
+    p.add_argument("--log-dir", default="logs", help="folder for training runs (default: logs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7861, help="port (default: 7861)")
+    p.add_argument("--open", action="store_true", help="open a browser tab")
+    p.set_defaults(func=_cmd_ui)
 
     p = sub.add_parser("check", help="load a file safely; exit 2 with the reason if it is refused")
     p.add_argument("file")

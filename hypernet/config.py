@@ -296,6 +296,8 @@ class TrainOptions:
     preview_steps: int = _opt(20, "preview sampling steps", group="preview")
     preview_cfg_scale: float = _opt(7.0, "preview guidance scale", group="preview")
     preview_seed: int = _opt(-1, "preview seed (-1: random)", group="preview")
+    preview_sampler: str = _opt("", "preview sampler name in the webui, e.g. \"Euler a\" (empty: the webui's "
+                                "default; diffusers uses the pipeline's scheduler)", group="preview")
     preview_width: int = _opt(0, "preview width (0: training width)", group="preview")
     preview_height: int = _opt(0, "preview height (0: training height)", group="preview")
 

@@ -19,7 +19,17 @@ def moving_average(values: Sequence[float], window: int) -> list:
 
 def draw_loss(steps: Sequence[int], losses: Sequence[float], path, title: str = "loss",
               size=(800, 400)) -> None:
-    """Write a PNG with raw losses (light) and their moving average (dark) against steps."""
+    """Write render_loss's picture to `path` as a PNG, atomically."""
+    import io
+
+    from .files import atomic_write
+    buf = io.BytesIO()
+    render_loss(steps, losses, title, size).save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())
+
+
+def render_loss(steps: Sequence[int], losses: Sequence[float], title: str = "loss", size=(800, 400)) -> Image.Image:
+    """Raw losses (light) and their moving average (dark) against steps, as an image."""
     w, h = size
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
@@ -45,8 +55,4 @@ def draw_loss(steps: Sequence[int], losses: Sequence[float], path, title: str = 
         d.text((4, bottom - 10), f"{lo:.4g}", fill=(0, 0, 0))
         d.text((left, bottom + 8), str(s0), fill=(0, 0, 0))
         d.text((right - 40, bottom + 8), str(steps[-1]), fill=(0, 0, 0))
-    from .files import atomic_write
-    import io
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write(path, buf.getvalue())
+    return img

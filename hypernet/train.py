@@ -379,9 +379,10 @@ class Trainer:
         self.hn.eval()
         try:
             seed = o.preview_seed if o.preview_seed >= 0 else random.Random(self.seed + step).randrange(2 ** 31)
+            extra = {"sampler_name": o.preview_sampler} if o.preview_sampler else {}
             with torch.no_grad():
                 image = self.host.sample(prompt, o.preview_negative_prompt, o.preview_steps, o.preview_cfg_scale,
-                                         seed, o.preview_width or o.width, o.preview_height or o.height)
+                                         seed, o.preview_width or o.width, o.preview_height or o.height, **extra)
             path = self.run_dir / "images" / f"{self.name}-{step}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             image.save(path)

@@ -181,8 +181,8 @@ class DiffusersHost:
 
     @torch.no_grad()
     def sample(self, prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0,
-               seed: int = 0, width: int = 512, height: int = 512):
-        """One preview image as PIL."""
+               seed: int = 0, width: int = 512, height: int = 512, sampler_name: Optional[str] = None):
+        """One preview image as PIL (`sampler_name` is a webui notion; the pipeline's scheduler is used)."""
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         result = self.pipe(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
                            guidance_scale=float(cfg_scale), width=int(width), height=int(height),

@@ -9,7 +9,10 @@ One file per concern (the layout of the webui's own extensions-builtin/Lora):
     infotext.py  "Hypernet hashes" and legacy "Hypernet:" fields when pasting
     settings.py  the "Hypernet" settings section and its accessor
     messages.py  warnings under the image, in the console, as a popup
-    training.py  a training job queued behind generations
+    training.py  a training job queued behind generations (or, standalone, behind a plain lock)
+    actions.py   create a file / start a job from loosely typed fields (API, tabs, standalone UI)
+    tabs.py      the Create and Train tabs, built from the option dataclasses (gradio 3.41 and 4)
+    ui.py        where the tabs go: under Train in AUTOMATIC1111, a top-level tab in Forge
     api.py       /hypernet/v1/ routes
 
 Only register() is called from scripts/hypernet_extension.py; network.py and page.py are imported from the
@@ -47,20 +50,24 @@ def script_unloaded() -> None:
     Training jobs keep running; their state survives because this package stays imported."""
     from .settings import restore_add_to_prompt
     from .state import get_state
+    from .ui import reset
     get_state().detach()
     restore_add_to_prompt()
+    reset()
 
 
 def register() -> None:
     """Register the extension's callbacks with the running webui."""
     from modules import script_callbacks
 
-    from . import api, infotext, messages, settings
+    from . import api, infotext, messages, settings, ui
 
     messages.ensure_console_handler()
     script_callbacks.on_before_ui(before_ui, name="hypernet_before_ui")
     script_callbacks.on_ui_settings(settings.on_ui_settings, name="hypernet_settings")
     script_callbacks.on_infotext_pasted(infotext.on_infotext_pasted, name="hypernet_infotext")
+    script_callbacks.on_ui_train_tabs(ui.on_ui_train_tabs, name="hypernet_train_tabs")
+    script_callbacks.on_ui_tabs(ui.on_ui_tabs, name="hypernet_tabs")
     script_callbacks.on_app_started(api.on_app_started, name="hypernet_api")
     script_callbacks.on_model_loaded(model_loaded, name="hypernet_model_loaded")
     script_callbacks.on_script_unloaded(script_unloaded, name="hypernet_unload")

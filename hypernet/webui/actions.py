@@ -58,7 +58,8 @@ def target_path(state, name: str, fmt: str, overwrite: bool) -> str:
     folder = state.folder()
     path = os.path.join(folder, name + fmt)
     if os.path.exists(path) and not overwrite:
-        raise ActionError(409, "overwrite", f"{path} already exists; choose another name or allow overwriting")
+        raise ActionError(409, "overwrite", f"{path} already exists; choose another name or allow overwriting "
+                                            "(overwrite)")
     for suffix in SAVE_FORMATS:
         other = os.path.join(folder, name + suffix)
         if other != path and os.path.exists(other):

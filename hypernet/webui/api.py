@@ -5,7 +5,8 @@
     POST /hypernet/v1/create              CreateOptions fields + overwrite (+ format ".pt"/".safetensors")
     POST /hypernet/v1/train               TrainOptions fields, plus `hypernetwork` (continue a file) or CreateOptions
                                           fields with `name` (a new file); returns a job id at once
-    GET  /hypernet/v1/train/status        the job (?job_id=..., default the latest)
+    GET  /hypernet/v1/train/status        the job (?job_id=..., default the latest; ?history=true adds losses
+                                          [[step, loss], ...] and previews [path, ...])
     POST /hypernet/v1/train/interrupt     stop after the current step; the trainer saves and exits
 
 Request models are generated from the option dataclasses, so defaults live in one place. Fields are typed loosely
@@ -182,9 +183,15 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
             return job
         return actions.latest_job(st)
 
-    def train_status(job_id: Optional[str] = Query(None)):
+    def train_status(job_id: Optional[str] = Query(None),
+                     history: bool = Query(False, description="include every (step, loss) and preview so far")):
         job = _job(job_id)
-        return {"state": "idle", "job_id": None} if job is None else job.snapshot()
+        if job is None:
+            return {"state": "idle", "job_id": None}
+        status = job.snapshot()
+        if not history:
+            status.pop("losses"), status.pop("previews")
+        return status
 
     def train_interrupt(job_id: Optional[str] = Query(None)):
         job = _job(job_id)

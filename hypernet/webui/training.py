@@ -42,9 +42,13 @@ class JobStatus:
     created: float = field(default_factory=time.time)
     started: Optional[float] = None
     finished: Optional[float] = None
+    losses: list = field(default_factory=list)     # (step, loss) after every step, for a live plot
+    previews: list = field(default_factory=list)   # preview image paths in order
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["losses"], out["previews"] = list(self.losses), list(self.previews)
+        return out
 
 
 class WebuiRuntime:
@@ -200,6 +204,10 @@ class TrainJob:
         self._update(state="running", started=time.time())
 
         def on_progress(report) -> None:
+            with self._lock:
+                self.status.losses.append((report.step, report.loss))
+                if report.preview:
+                    self.status.previews.append(report.preview)
             self._update(step=report.step, loss=report.loss, learn_rate=report.learn_rate, it_per_s=report.it_per_s,
                          last_saved=report.saved or self.status.last_saved,
                          last_preview=report.preview or self.status.last_preview)

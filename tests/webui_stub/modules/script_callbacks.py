@@ -87,3 +87,24 @@ def on_script_unloaded(callback, *, name=None):
 
 def on_before_ui(callback, *, name=None):
     add_callback(callback_map['callbacks_before_ui'], callback, name=name, category='before_ui')
+
+
+class UiTrainTabParams:
+    """modules/script_callbacks.py: passed to on_ui_train_tabs callbacks."""
+
+    def __init__(self, txt2img_preview_params):
+        self.txt2img_preview_params = txt2img_preview_params
+
+
+def ui_tabs_callback():
+    res = []
+    for c in callback_map['callbacks_ui_tabs']:
+        try:
+            res += c.callback() or []
+        except Exception:
+            errors.report(f"Error executing callback {c.name} for ui_tabs", exc_info=True)
+    return res
+
+
+def ui_train_tabs_callback(params: UiTrainTabParams):
+    _run("ui_train_tabs", params)

@@ -1,0 +1,189 @@
+"""python -m hypernet ui: the Create and Train tabs, a Generate tab and the cards, on a diffusers pipeline, no webui.
+
+The tabs are the same code the webui extension shows (hypernet/webui/tabs.py, which never imports the webui).
+Generation and training share one lock, so an image is never drawn while the trainer has the UNet hooked.
+"""
+from __future__ import annotations
+
+import html
+import os
+import threading
+from typing import List, Optional
+
+from .errors import HypernetError, TagError
+from .tags import format_tag, parse
+from .webui.state import Applied, HypernetState
+
+GENERATE_DEFAULTS = {"steps": 20, "cfg_scale": 5.0, "seed": 0}
+
+
+class StandaloneState(HypernetState):
+    """The extension's state over a folder of files and one diffusers pipeline instead of the webui's model."""
+
+    def __init__(self, folder: str, pipe):
+        super().__init__(os.path.abspath(folder))
+        self.pipe = pipe
+
+    def loaded_model(self, load: bool = False):
+        return self.pipe
+
+    @staticmethod
+    def unet_of(model):
+        return getattr(model, "unet", None)
+
+
+class Studio:
+    """The standalone app: state, a lock shared by generation and training, and the gradio Blocks."""
+
+    def __init__(self, pipe, folder: str, log_dir: str, size: Optional[int] = None):
+        from .hosts.diffusers import DiffusersHost
+        from .webui.training import LocalRuntime
+        os.makedirs(folder, exist_ok=True)
+        self.pipe = pipe
+        self.state = StandaloneState(folder, pipe)
+        self.lock = threading.Lock()
+        self.runtime = LocalRuntime(lambda: DiffusersHost(pipe), lock=self.lock, on_finished=self.state.refresh)
+        self.log_dir = log_dir
+        self.size = size or int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+
+    # ------------------------------------------------------------------------------------------ generation
+    def generate(self, prompt: str, negative_prompt: str = "", steps=20, cfg_scale=5.0, seed=0, width=None,
+                 height=None):
+        """(image, info text): the prompt's <hypernet:...> tags applied, then removed again."""
+        import torch
+        try:
+            text, tags = parse(prompt or "")
+        except TagError as exc:
+            return None, f"Error: {exc}"
+        stack, applied, notes = [], [], []
+        for name, strength in tags:
+            try:
+                entry = self.state.resolve(name)
+                stack.append((self.state.library.load(entry), strength))
+                applied.append(Applied(name, entry, strength))
+            except HypernetError as exc:
+                notes.append(f"{format_tag(name, strength)} not applied: {exc}")
+        width, height = int(width or self.size), int(height or self.size)
+        with self.lock:
+            try:
+                notes.extend(self.state.apply(self.pipe.unet, stack, applied))
+                generator = torch.Generator().manual_seed(int(seed))
+                image = self.pipe(text, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
+                                  guidance_scale=float(cfg_scale), generator=generator, width=width,
+                                  height=height).images[0]
+            finally:
+                self.state.detach()
+        used = ", ".join(format_tag(a.name, a.strength) for a in applied) or "none"
+        info = f"{text}\nSteps: {int(steps)}, CFG scale: {float(cfg_scale):g}, Seed: {int(seed)}, " \
+               f"Size: {width}x{height}, Hypernetworks: {used}"
+        return image, "\n".join([info] + notes)
+
+    # ------------------------------------------------------------------------------------------ cards
+    def cards_html(self) -> str:
+        """Every file in the folder as a card: name, widths, step, size and whether it fits the pipeline."""
+        from .webui.cards import card_facts
+        self.state.library.refresh()
+        entries = self.state.entries()
+        if not entries:
+            return f"<p>No hypernetworks in {html.escape(self.state.folder())} yet. Create one.</p>"
+        cards = []
+        for entry in entries:
+            name = self.state.card_name(entry, entries)
+            facts = card_facts(self.state, entry, self.pipe.unet)
+            if facts.get("error"):
+                detail = f"cannot be read: {facts['error']}"
+            else:
+                fit = "fits this model" if facts.get("fits") else (facts.get("fit_note") or "does not fit")
+                detail = (f"widths {', '.join(map(str, facts['dims']))} · step {facts['step']} · "
+                          f"{facts['parameters']:,} parameters · {entry.format} · {fit}")
+            cards.append(f"<div class='hypernet-card' data-name='{html.escape(name)}' style='border:1px solid #888;"
+                         f"border-radius:6px;padding:6px;margin:4px'><b>{html.escape(name)}</b>"
+                         f"<br><small>{html.escape(detail)}</small></div>")
+        return "<div id='hypernet_card_list'>" + "".join(cards) + "</div>"
+
+    def card_names(self) -> List[str]:
+        return self.state.card_names()
+
+    def insert_tag(self, prompt: str, name: Optional[str]) -> str:
+        """The prompt with <hypernet:name:1> appended (once)."""
+        if not name:
+            return prompt
+        tag = format_tag(name, 1.0)
+        return prompt if tag in (prompt or "") else f"{prompt or ''} {tag}".strip()
+
+    # ------------------------------------------------------------------------------------------ the UI
+    def build(self):
+        import gradio as gr
+        from .webui.tabs import Panel, build_create_tab, build_train_tab, wire
+        panel = Panel(self.state, runtime=self.runtime, log_dir=self.log_dir)
+        with gr.Blocks(title="hypernet", analytics_enabled=False) as blocks:
+            gr.Markdown("## hypernet: create, train and try Stable Diffusion hypernetworks")
+            with gr.Tabs():
+                with gr.Tab("Generate", id="generate"):
+                    gen = self._build_generate(gr)
+                with gr.Tab("Hypernetworks", id="cards"):
+                    cards = gr.HTML(self.cards_html(), elem_id="hypernet_cards")
+                    refresh = gr.Button("Refresh", elem_id="hypernet_cards_refresh")
+                with gr.Tab("Create", id="create"):
+                    create = build_create_tab(gr, panel)
+                with gr.Tab("Train", id="train"):
+                    train = build_train_tab(gr, panel)
+            events = wire(gr, panel, create, train)
+            refreshed = [cards, gen["pick"]]
+            refresh.click(self._refresh_all(gr), inputs=[], outputs=refreshed)
+            for event in (events["create"], events["train"]):
+                event.then(self._refresh_all(gr), inputs=[], outputs=refreshed)
+        return blocks
+
+    def _refresh_all(self, gr):
+        def refresh():
+            return self.cards_html(), gr.update(choices=self.card_names())
+        return refresh
+
+    def _build_generate(self, gr) -> dict:
+        c = {}
+        with gr.Row():
+            with gr.Column():
+                c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="hypernet_gen_prompt",
+                                         value="a red circle on the left, blue background",
+                                         info="add <hypernet:name:strength> tags; several stack in order")
+                c["negative"] = gr.Textbox(label="Negative prompt", elem_id="hypernet_gen_negative")
+                with gr.Row():
+                    c["pick"] = gr.Dropdown(choices=self.card_names(), label="Hypernetwork",
+                                            elem_id="hypernet_gen_pick")
+                    c["insert"] = gr.Button("Add to prompt", elem_id="hypernet_gen_insert")
+                with gr.Row():
+                    c["steps"] = gr.Number(value=GENERATE_DEFAULTS["steps"], precision=0, label="Steps")
+                    c["cfg"] = gr.Number(value=GENERATE_DEFAULTS["cfg_scale"], label="CFG scale")
+                    c["seed"] = gr.Number(value=GENERATE_DEFAULTS["seed"], precision=0, label="Seed")
+                    c["size"] = gr.Number(value=self.size, precision=0, label="Width and height")
+                c["go"] = gr.Button("Generate", variant="primary", elem_id="hypernet_gen_button")
+            with gr.Column():
+                c["image"] = gr.Image(label="Image", type="pil", interactive=False, elem_id="hypernet_gen_image")
+                c["info"] = gr.Textbox(label="Info", lines=3, interactive=False, elem_id="hypernet_gen_info")
+        c["insert"].click(self.insert_tag, inputs=[c["prompt"], c["pick"]], outputs=[c["prompt"]])
+        c["go"].click(self._generate_click, inputs=[c["prompt"], c["negative"], c["steps"], c["cfg"], c["seed"],
+                                                    c["size"]], outputs=[c["image"], c["info"]])
+        return c
+
+    def _generate_click(self, prompt, negative, steps, cfg, seed, size):
+        return self.generate(prompt, negative, steps, cfg, seed, size, size)
+
+
+def serve(model: Optional[str] = None, folder: str = "models/hypernetworks", log_dir: str = "logs",
+          host: str = "127.0.0.1", port: int = 7861, open_browser: bool = False, block: bool = True):
+    """Load the model (the built-in tiny one by default), build the app and serve it; returns (studio, blocks)."""
+    if model:
+        from .hosts.diffusers import load_pipeline
+        pipe = load_pipeline(model)
+    else:
+        from .tiny import load_pipeline as tiny_pipeline
+        pipe = tiny_pipeline()
+    studio = Studio(pipe, folder, log_dir)
+    blocks = studio.build()
+    blocks.queue()
+    blocks.launch(server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=not block,
+                  show_api=False)
+    return studio, blocks
+
+

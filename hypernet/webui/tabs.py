@@ -1,0 +1,302 @@
+"""The Create and Train tabs, built with gradio from the option dataclasses (works with gradio 3.41 and 4.x).
+
+Every creation and training option becomes one component whose default, help text and choices come from the field
+of CreateOptions / TrainOptions, so a default lives in one place. The buttons call webui/actions.py, the same code
+as the HTTP API. The tabs need a `Panel`: the state (folder, jobs) and the runtime jobs run in; the webui, Forge and
+the standalone UI each give their own. Nothing here imports the webui's `modules`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import html
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from ..config import COMMON_DIMS, CreateOptions, TrainOptions
+from . import actions
+from .settings import SAVE_FORMATS, value
+
+NEW = "(new hypernetwork)"
+GROUPS = (("data", "Data", True), ("train", "Optimisation", True), ("output", "Saving and logs", False),
+          ("preview", "Previews", False))
+# The webui's txt2img_preview_params order (UiTrainTabParams): prompt, negative, steps, sampler, cfg, seed, w, h
+TXT2IMG_PREVIEW_FIELDS = ("preview_prompt", "preview_negative_prompt", "preview_steps", "preview_sampler",
+                          "preview_cfg_scale", "preview_seed", "preview_width", "preview_height")
+
+
+@dataclass
+class Panel:
+    """What the tabs act on: the state (library folder, jobs), where jobs run, and optional txt2img inputs."""
+
+    state: object
+    runtime: object = None
+    txt2img_preview: Optional[Sequence] = None     # gradio components, in TXT2IMG_PREVIEW_FIELDS order
+    log_dir: Optional[str] = None                  # the Log dir box's value (None: the setting / webui default)
+
+
+# ---------------------------------------------------------------------------------------------- components
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _text(values) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def component(gr, f: dataclasses.Field, prefix: str, default=None):
+    """One gradio input for a dataclass field: its kind, default, help text and choices come from the field."""
+    value_ = _default(f) if default is None else default
+    meta = f.metadata
+    common = dict(label=_label(f.name), info=meta.get("help", ""), elem_id=f"{prefix}_{f.name}")
+    if f.name == "dims":
+        choices = [str(d) for d in COMMON_DIMS]
+        return gr.CheckboxGroup(choices=choices, value=[str(d) for d in value_], **common)
+    if meta.get("choices"):
+        return gr.Dropdown(choices=[str(c) for c in meta["choices"]], value=str(value_), **common)
+    if isinstance(value_, bool):
+        return gr.Checkbox(value=value_, **common)
+    if isinstance(value_, int):
+        return gr.Number(value=value_, precision=0, **common)
+    if isinstance(value_, float):
+        return gr.Number(value=value_, **common)
+    if isinstance(value_, list):
+        return gr.Textbox(value=_text(value_), **common)
+    return gr.Textbox(value="" if value_ is None else str(value_), **common)
+
+
+def _fields(cls, skip: Sequence[str] = ()) -> List[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.name not in skip]
+
+
+def _cleaned(names: Sequence[str], values: Sequence) -> dict:
+    """Component values as option fields; an empty number box means the default."""
+    out = {}
+    for name, val in zip(names, values):
+        if val is None:
+            continue
+        if isinstance(val, float) and val.is_integer() and name in _INT_FIELDS:
+            val = int(val)
+        out[name] = val
+    return out
+
+
+_INT_FIELDS = {f.name for cls in (CreateOptions, TrainOptions) for f in dataclasses.fields(cls)
+               if isinstance(_default(f), int) and not isinstance(_default(f), bool)}
+
+
+def _message(text: str, error: bool = False) -> str:
+    colour = "#c0392b" if error else "inherit"
+    return f"<p style='color:{colour}'>{html.escape(text)}</p>"
+
+
+def _error(exc: Exception) -> str:
+    return _message(f"Error: {exc}", error=True)
+
+
+# ---------------------------------------------------------------------------------------------- Create
+CREATE_INPUTS = tuple(f.name for f in _fields(CreateOptions)) + ("format", "overwrite")
+
+
+def create_click(panel: Panel, *values):
+    """Create button: (message HTML, new choices for the Train tab's hypernetwork list)."""
+    fields = _cleaned(CREATE_INPUTS, values)
+    try:
+        reply = actions.create_file(panel.state, fields)
+    except actions.ActionError as exc:
+        return _error(exc), None
+    text = reply["info"] + (f". {reply['note']}" if reply.get("note") else "")
+    return _message(text), reply
+
+
+def build_create_tab(gr, panel: Panel):
+    """The Create tab's contents, inside the caller's Tab/Blocks; returns (components by name, button, output)."""
+    comps: Dict[str, object] = {}
+    with gr.Row():
+        with gr.Column():
+            for f in _fields(CreateOptions):
+                comps[f.name] = component(gr, f, "hypernet_create")
+            comps["format"] = gr.Dropdown(choices=list(SAVE_FORMATS), value=value("save_format"), label="File type",
+                                          info=".pt loads in every webui and ComfyUI; .safetensors never unpickles",
+                                          elem_id="hypernet_create_format")
+            comps["overwrite"] = gr.Checkbox(value=False, label="Overwrite a file of the same name",
+                                             elem_id="hypernet_create_overwrite")
+            button = gr.Button("Create hypernetwork", variant="primary", elem_id="hypernet_create_button")
+        with gr.Column():
+            output = gr.HTML(elem_id="hypernet_create_result")
+    return comps, button, output
+
+
+# ---------------------------------------------------------------------------------------------- Train
+TRAIN_CREATE_FIELDS = tuple(f.name for f in _fields(CreateOptions))
+TRAIN_OPTION_FIELDS = tuple(f.name for f in _fields(TrainOptions))
+
+
+def hypernetwork_choices(panel: Panel) -> List[str]:
+    """NEW, then every card name in the folder."""
+    try:
+        return [NEW] + panel.state.card_names()
+    except Exception:  # a missing folder lists nothing rather than breaking the tab
+        return [NEW]
+
+
+def train_fields(hypernetwork: str, create_values: Sequence, option_values: Sequence,
+                 use_txt2img: bool = False, txt2img_values: Sequence = ()) -> dict:
+    """The Train tab's inputs as one actions.start_training request."""
+    fields = _cleaned(TRAIN_OPTION_FIELDS, option_values)
+    if use_txt2img and txt2img_values:
+        fields.update(_cleaned(TXT2IMG_PREVIEW_FIELDS, txt2img_values))
+    if hypernetwork and hypernetwork != NEW:
+        fields["hypernetwork"] = hypernetwork
+    else:
+        create = _cleaned(TRAIN_CREATE_FIELDS, create_values)
+        if not create.get("dims"):
+            create.pop("dims", None)  # none ticked: the loaded model's widths
+        fields.update(create)
+    return fields
+
+
+def status_html(status: Optional[dict]) -> str:
+    """One status paragraph for a job snapshot."""
+    if not status or status.get("job_id") is None:
+        return _message("No training job yet.")
+    s = status
+    parts = [f"{s['name']}: {s['state']}", f"step {s['step']}/{s['total']}"]
+    if s.get("loss") is not None:
+        parts.append(f"loss {s['loss']:.5f}")
+    if s.get("learn_rate") is not None:
+        parts.append(f"lr {s['learn_rate']:.2e}")
+    if s.get("it_per_s"):
+        parts.append(f"{s['it_per_s']:.2f} it/s")
+    text = ", ".join(parts)
+    if s.get("output") and s["state"] in ("completed", "interrupted", "already-done"):
+        text += f". Saved {s['output']}"
+    elif s.get("last_saved"):
+        text += f". Last saved {s['last_saved']}"
+    if s.get("error"):
+        return _message(f"{text}. Error: {s['error']}", error=True)
+    return _message(text)
+
+
+def loss_image(status: Optional[dict]):
+    """The loss curve so far as a PIL image, or None before the first step."""
+    from ..plot import render_loss
+    points = (status or {}).get("losses") or []
+    if not points:
+        return None
+    steps, losses = zip(*points)
+    return render_loss(list(steps), list(losses), title=f"{status['name']} loss", size=(640, 320))
+
+
+def progress_outputs(status: Optional[dict]):
+    """(status HTML, loss image, preview paths) for a job snapshot."""
+    return status_html(status), loss_image(status), list((status or {}).get("previews") or [])
+
+
+def follow(job, poll_seconds: float = 1.0):
+    """Yield progress_outputs on every change of the job until it finishes (a gradio generator handler)."""
+    last = None
+    while True:
+        job.wait_for(lambda st: st != last, timeout=poll_seconds)
+        status = job.snapshot()
+        if status != last:
+            last = status
+            yield progress_outputs(status)
+        if status["finished"] is not None:
+            return
+
+
+def train_click(panel: Panel, hypernetwork, use_txt2img, *values):
+    """Train button (a generator): start the job, then stream its progress."""
+    n_create, n_opts = len(TRAIN_CREATE_FIELDS), len(TRAIN_OPTION_FIELDS)
+    create_values, option_values = values[:n_create], values[n_create:n_create + n_opts]
+    txt2img_values = values[n_create + n_opts:]
+    try:
+        fields = train_fields(hypernetwork, create_values, option_values, bool(use_txt2img), txt2img_values)
+        job = actions.start_training(panel.state, fields, runtime=panel.runtime)
+    except actions.ActionError as exc:
+        yield _error(exc), None, []
+        return
+    yield from follow(job)
+
+
+def watch_click(panel: Panel):
+    """Show progress of the running (or last) job, e.g. after reloading the page."""
+    job = actions.latest_job(panel.state)
+    if job is None:
+        yield progress_outputs(None)
+        return
+    yield from follow(job)
+
+
+def interrupt_click(panel: Panel) -> str:
+    job = actions.running_job(panel.state)
+    if job is None:
+        return _message("No training job is running.")
+    job.interrupt()
+    return _message(f"Interrupting {job.status.name}: it finishes the current step and saves.")
+
+
+def build_train_tab(gr, panel: Panel):
+    """The Train tab's contents, inside the caller's Tab/Blocks; returns a dict of its components."""
+    c: Dict[str, object] = {}
+    defaults = {"log_dir": panel.log_dir or actions.default_log_dir()}
+    with gr.Row():
+        with gr.Column():
+            with gr.Row():
+                c["hypernetwork"] = gr.Dropdown(choices=hypernetwork_choices(panel), value=NEW,
+                                                label="Hypernetwork",
+                                                info="continue training a file, or create a new one below",
+                                                elem_id="hypernet_train_hypernetwork")
+                c["refresh"] = gr.Button("Refresh list", elem_id="hypernet_train_refresh")
+            with gr.Accordion("New hypernetwork", open=True):
+                c["create"] = [component(gr, f, "hypernet_train_new", default="" if f.name == "name" else
+                                         ([] if f.name == "dims" else None))
+                               for f in _fields(CreateOptions)]
+            option_comps: Dict[str, object] = {}
+            for group, title, is_open in GROUPS:
+                with gr.Accordion(title, open=is_open):
+                    for f in _fields(TrainOptions):
+                        if f.metadata.get("group") == group:
+                            option_comps[f.name] = component(gr, f, "hypernet_train", default=defaults.get(f.name))
+            c["options"] = [option_comps[name] for name in TRAIN_OPTION_FIELDS]
+            c["use_txt2img"] = gr.Checkbox(value=panel.txt2img_preview is not None,
+                                           visible=panel.txt2img_preview is not None,
+                                           label="Read preview settings from txt2img",
+                                           elem_id="hypernet_train_use_txt2img")
+            with gr.Row():
+                c["train"] = gr.Button("Train hypernetwork", variant="primary", elem_id="hypernet_train_button")
+                c["interrupt"] = gr.Button("Interrupt", elem_id="hypernet_train_interrupt")
+                c["watch"] = gr.Button("Show progress", elem_id="hypernet_train_watch")
+        with gr.Column():
+            c["status"] = gr.HTML(status_html(None), elem_id="hypernet_train_status")
+            c["loss"] = gr.Image(label="Loss", type="pil", interactive=False, elem_id="hypernet_train_loss")
+            c["gallery"] = gr.Gallery(label="Previews", elem_id="hypernet_train_previews", columns=4)
+    return c
+
+
+def wire(gr, panel: Panel, create, train) -> dict:
+    """Connect the buttons of both tabs (create = build_create_tab's result, train = build_train_tab's); returns
+    the "create" and "train" click events, for callers that chain more (.then)."""
+    comps, button, output = create
+
+    def on_create(*values):
+        message, _ = create_click(panel, *values)
+        return message, gr.update(choices=hypernetwork_choices(panel))
+
+    created = button.click(on_create, inputs=[comps[n] for n in CREATE_INPUTS],
+                           outputs=[output, train["hypernetwork"]])
+    train["refresh"].click(lambda: gr.update(choices=hypernetwork_choices(panel)), inputs=[],
+                           outputs=[train["hypernetwork"]])
+    txt2img = list(panel.txt2img_preview or [])
+    outputs = [train["status"], train["loss"], train["gallery"]]
+    trained = train["train"].click(functools.partial(train_click, panel),
+                                   inputs=[train["hypernetwork"], train["use_txt2img"], *train["create"],
+                                           *train["options"], *txt2img], outputs=outputs)
+    train["watch"].click(functools.partial(watch_click, panel), inputs=[], outputs=outputs)
+    train["interrupt"].click(functools.partial(interrupt_click, panel), inputs=[], outputs=[train["status"]])
+    return {"create": created, "train": trained}

@@ -1,0 +1,237 @@
+"""The Create and Train tabs and the standalone UI, built and driven with the real gradio (3.41.2 in CI).
+
+Tabs inside the webui are checked against the stand-in `modules`; the standalone app runs on the built-in tiny
+model and is also served over HTTP.
+"""
+import dataclasses
+import socket
+import urllib.request
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+
+import hypernet  # noqa: E402
+from hypernet.config import CreateOptions, TrainOptions  # noqa: E402
+from hypernet.demo import make_style_dataset  # noqa: E402
+from webui_stub.harness import stub_modules  # noqa: E402
+
+
+def _components(blocks) -> dict:
+    return {getattr(b, "elem_id", None): b for b in blocks.blocks.values() if getattr(b, "elem_id", None)}
+
+
+def _default(f):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+@pytest.fixture
+def webui(tmp_path):
+    with stub_modules(tmp_path) as w:
+        w.start()
+        yield w
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from hypernet.tiny import load_pipeline
+    return load_pipeline()
+
+
+@pytest.fixture
+def studio(pipe, tmp_path):
+    from hypernet.standalone import Studio
+    s = Studio(pipe, str(tmp_path / "hypernetworks"), str(tmp_path / "logs"))
+    yield s
+    s.state.detach()
+
+
+@pytest.fixture(scope="module")
+def style_data(tmp_path_factory):
+    return make_style_dataset(tmp_path_factory.mktemp("style") / "set", count=6)
+
+
+# ---------------------------------------------------------------------------------------------- in the webui
+def test_webui_puts_create_and_train_under_train_and_adds_no_top_level_tab(webui):
+    with gr.Blocks() as blocks:
+        preview = [gr.Textbox("a prompt"), gr.Textbox(""), gr.Number(12), gr.Dropdown(["Euler a"], value="Euler a"),
+                   gr.Number(6.5), gr.Number(42), gr.Number(64), gr.Number(64)]
+        with gr.Tabs():
+            webui.script_callbacks.ui_train_tabs_callback(webui.script_callbacks.UiTrainTabParams(preview))
+    assert webui.script_callbacks.ui_tabs_callback() == []
+    comps = _components(blocks)
+    tabs = [b for b in blocks.blocks.values() if isinstance(b, gr.Tab)]
+    assert {t.label for t in tabs} >= {"Create hypernet", "Train hypernet"}
+    for f in dataclasses.fields(CreateOptions):
+        comp = comps[f"hypernet_create_{f.name}"]
+        default = _default(f)
+        if f.name == "dims":
+            assert comp.value == [str(d) for d in default]
+        elif isinstance(default, list) or default is None:
+            assert isinstance(comp, gr.Textbox)
+        else:
+            assert comp.value == default, f.name
+    log_dir = comps["hypernet_train_log_dir"].value
+    assert log_dir.endswith("textual_inversion")          # the built-in Train tab's folder, not "logs" in cwd
+    for f in dataclasses.fields(TrainOptions):
+        if f.name not in ("log_dir",):
+            comp = comps[f"hypernet_train_{f.name}"]
+            assert comp.value == (str(_default(f)) if f.metadata.get("choices") else _default(f)), f.name
+    assert comps["hypernet_train_use_txt2img"].value is True
+
+
+def test_forge_gets_one_top_level_tab_when_train_tabs_never_run(webui):
+    tabs = webui.script_callbacks.ui_tabs_callback()
+    assert len(tabs) == 1
+    blocks, title, elem_id = tabs[0]
+    assert title == "Hypernetworks" and isinstance(blocks, gr.Blocks) and elem_id
+    comps = _components(blocks)
+    assert "hypernet_create_button" in comps and "hypernet_train_button" in comps
+    assert comps["hypernet_train_use_txt2img"].visible is False   # no txt2img to read from
+
+
+def test_create_tab_creates_reports_and_refuses_with_the_field_named(webui):
+    from hypernet.webui import tabs
+    from hypernet.webui.state import get_state
+    panel = tabs.Panel(get_state())
+    values = ["painter", ["768", "320", "640", "1280"], "1, 2, 1", "relu", "Normal", False, "", False, ".pt", False]
+    message, reply = tabs.create_click(panel, *values)
+    path = webui.folder / "painter.pt"
+    assert path.is_file() and reply["path"] == str(path)
+    assert f"Created {path} (" in message and "parameters" in message and "None" not in message
+    assert hypernet.load(path).dims == [320, 640, 768, 1280]
+    again, reply = tabs.create_click(panel, *values)
+    assert reply is None and "already exists" in again and "overwrite" in again
+    bad = list(values)
+    bad[0], bad[2] = "other", "2, 1"
+    message, reply = tabs.create_click(panel, *bad)
+    assert reply is None and "layer_structure" in message and "Error" in message
+    assert not (webui.folder / "other.pt").exists()
+    assert "painter" in tabs.hypernetwork_choices(panel)
+
+
+def test_train_fields_take_txt2img_preview_settings_and_a_file_to_continue():
+    from hypernet.webui import tabs
+    opts = [_default(f) for f in dataclasses.fields(TrainOptions)]
+    fields = tabs.train_fields("mine", [None] * len(tabs.TRAIN_CREATE_FIELDS), opts, True,
+                               ["a cat", "blurry", 12.0, "Euler a", 6.5, 42.0, 64.0, 64.0])
+    assert fields["hypernetwork"] == "mine" and "name" not in fields
+    assert fields["preview_prompt"] == "a cat" and fields["preview_steps"] == 12 and fields["preview_seed"] == 42
+    assert fields["preview_sampler"] == "Euler a" and isinstance(fields["preview_width"], int)
+    new = tabs.train_fields(tabs.NEW, ["fresh", [], "1, 2, 1", "relu", "Normal", False, "", False], opts)
+    assert new["name"] == "fresh" and "dims" not in new and "hypernetwork" not in new   # [] = the model's widths
+    assert new["preview_prompt"] == ""
+
+
+# ---------------------------------------------------------------------------------------------- standalone
+def _train_values(studio, name, data, **overrides):
+    from hypernet.webui import tabs
+    create = ["" if f.name == "name" else _default(f) for f in dataclasses.fields(CreateOptions)]
+    create[0] = name
+    create[1] = []
+    options = {f.name: _default(f) for f in dataclasses.fields(TrainOptions)}
+    options.update({"data": str(data), "width": 64, "height": 64, "log_dir": studio.log_dir, "preview_every": 0,
+                    "save_every": 0, "learning_rate": "1e-3", **overrides})
+    return [tabs.NEW, False, *create, *[options[n] for n in tabs.TRAIN_OPTION_FIELDS]]
+
+
+def test_train_tab_streams_progress_until_the_file_is_saved(studio, style_data):
+    from hypernet.webui import tabs
+    panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
+    updates = list(tabs.train_click(panel, *_train_values(studio, "streamed", style_data, steps=4,
+                                                          preview_every=2, preview_steps=2)))
+    html, loss, previews = updates[-1]
+    assert "completed" in html and "step 4/4" in html, html
+    saved = studio.state.folder() + "/streamed.pt"
+    assert f"Saved {saved}" in html
+    assert hypernet.load(saved).step == 4
+    assert loss is not None and loss.size == (640, 320)
+    assert len(previews) == 2 and all(p.endswith(".png") for p in previews)
+    assert len(updates) >= 3                                # queued/running states came before the end
+    assert "streamed" in studio.cards_html()
+
+
+def test_train_tab_refuses_bad_input_before_starting(studio, style_data, tmp_path):
+    from hypernet.webui import tabs
+    panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
+    [(html, _, _)] = list(tabs.train_click(panel, *_train_values(studio, "", style_data)))
+    assert "name" in html and "Error" in html
+    [(html, _, _)] = list(tabs.train_click(panel, *_train_values(studio, "x", tmp_path / "nowhere")))
+    assert "data" in html and "not a folder" in html
+    [(html, _, _)] = list(tabs.train_click(panel, *_train_values(studio, "x", style_data, learning_rate="fast")))
+    assert "learning_rate" in html
+    assert studio.state.jobs == {}
+
+
+def test_interrupt_button_stops_a_run_which_saves(studio, style_data):
+    from hypernet.webui import tabs
+    panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
+    assert "No training job" in tabs.interrupt_click(panel)
+    stream = tabs.train_click(panel, *_train_values(studio, "stopped", style_data, steps=100000))
+    for html, _, _ in stream:
+        if "running" in html and "step 0/" not in html:
+            break
+    assert "Interrupting stopped" in tabs.interrupt_click(panel)
+    last = list(stream)[-1][0]
+    assert "interrupted" in last
+    hn = hypernet.load(studio.state.folder() + "/stopped.pt")
+    assert 0 < hn.step < 100000
+    # reloading the page: "Show progress" finds the last job
+    assert "interrupted" in list(tabs.watch_click(panel))[-1][0]
+
+
+def test_generate_applies_tags_and_returns_to_the_base_image(studio):
+    import numpy as np
+    hypernet.create(dims=[32, 64], name="tint", seed=1).save(studio.state.folder() + "/tint.pt")
+    base, info = studio.generate("a red circle on the left, blue background", steps=6, seed=3)
+    with_tag, info_tag = studio.generate("a red circle on the left, blue background <hypernet:tint:5>", steps=6,
+                                         seed=3)
+    zero, _ = studio.generate("a red circle on the left, blue background <hypernet:tint:0>", steps=6, seed=3)
+    again, _ = studio.generate("a red circle on the left, blue background", steps=6, seed=3)
+    assert not np.array_equal(np.asarray(base), np.asarray(with_tag))
+    assert np.array_equal(np.asarray(base), np.asarray(zero))
+    assert np.array_equal(np.asarray(base), np.asarray(again))
+    assert "Hypernetworks: <hypernet:tint:5>" in info_tag and "Hypernetworks: none" in info
+    _, missing = studio.generate("x <hypernet:nosuch:1>", steps=2)
+    assert "nosuch" in missing and "not applied" in missing
+    _, bad = studio.generate("x <hypernet:tint:lots>", steps=2)
+    assert bad.startswith("Error") and "lots" in bad
+    assert studio.insert_tag("a cat", "tint") == "a cat <hypernet:tint:1>"
+    assert studio.insert_tag("a cat <hypernet:tint:1>", "tint") == "a cat <hypernet:tint:1>"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_standalone_serves_on_loopback(studio):
+    blocks = studio.build()
+    blocks.queue()
+    port = _free_port()
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_api=False)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as cfg:
+            text = cfg.read().decode()
+        for elem_id in ("hypernet_create_button", "hypernet_train_button", "hypernet_gen_button", "hypernet_cards"):
+            assert elem_id in text
+    finally:
+        blocks.close()
+
+
+def test_ui_command_explains_a_missing_gradio(monkeypatch, capsys):
+    import builtins
+    from hypernet.cli import main
+    real_import = builtins.__import__
+
+    def no_gradio(name, *args, **kwargs):
+        if name == "gradio":
+            raise ImportError("no gradio")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_gradio)
+    assert main(["ui"]) == 2
+    assert "gradio" in capsys.readouterr().err
