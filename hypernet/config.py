@@ -85,7 +85,7 @@ class CreateOptions:
         "help": "name stored in the file and used in <hypernet:NAME> tags"})
     dims: list = field(default_factory=lambda: [768, 320, 640, 1280], metadata={
         "help": "context widths to create modules for: 768 (SD1 cross), 1024 (SD2 cross), 2048 (SDXL cross), "
-                "320/640/1280 (self-attention)", "choices": COMMON_DIMS})
+                "320/640/1280 (self-attention); any other positive width works for other models"})
     layer_structure: list = field(default_factory=lambda: [1.0, 2.0, 1.0], metadata={
         "help": "width multipliers of the MLP layers, starting and ending with 1, e.g. \"1, 2, 1\""})
     activation: str = field(default="relu", metadata={

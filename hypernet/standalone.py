@@ -15,6 +15,7 @@ from .tags import format_tag, parse
 from .webui.state import Applied, HypernetState
 
 GENERATE_DEFAULTS = {"steps": 20, "cfg_scale": 5.0, "seed": 0}
+QUEUE_WORKERS = 4
 
 
 class StandaloneState(HypernetState):
@@ -64,15 +65,18 @@ class Studio:
             except HypernetError as exc:
                 notes.append(f"{format_tag(name, strength)} not applied: {exc}")
         width, height = int(width or self.size), int(height or self.size)
-        with self.lock:
-            try:
-                notes.extend(self.state.apply(self.pipe.unet, stack, applied))
-                generator = torch.Generator().manual_seed(int(seed))
-                image = self.pipe(text, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
-                                  guidance_scale=float(cfg_scale), generator=generator, width=width,
-                                  height=height).images[0]
-            finally:
-                self.state.detach()
+        # Waiting here would hang the page for the rest of a training run; say so instead.
+        if not self.lock.acquire(blocking=False):
+            return None, "Not generated: a training run holds the model. Wait for it or press Interrupt."
+        try:
+            notes.extend(self.state.apply(self.pipe.unet, stack, applied))
+            generator = torch.Generator().manual_seed(int(seed))
+            image = self.pipe(text, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
+                              guidance_scale=float(cfg_scale), generator=generator, width=width,
+                              height=height).images[0]
+        finally:
+            self.state.detach()
+            self.lock.release()
         used = ", ".join(format_tag(a.name, a.strength) for a in applied) or "none"
         info = f"{text}\nSteps: {int(steps)}, CFG scale: {float(cfg_scale):g}, Seed: {int(seed)}, " \
                f"Size: {width}x{height}, Hypernetworks: {used}"
@@ -135,6 +139,18 @@ class Studio:
                 event.then(self._refresh_all(gr), inputs=[], outputs=refreshed)
         return blocks
 
+    def launch(self, host: str = "127.0.0.1", port: int = 7861, open_browser: bool = False, block: bool = True):
+        """Build and serve the app with a queue wide enough that progress and generation never wait on training."""
+        import gradio as gr
+        blocks = self.build()
+        if int(gr.__version__.split(".")[0]) < 4:
+            blocks.queue(concurrency_count=QUEUE_WORKERS)
+        else:
+            blocks.queue(default_concurrency_limit=QUEUE_WORKERS)
+        blocks.launch(server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=not block,
+                      show_api=False)
+        return blocks
+
     def _refresh_all(self, gr):
         def refresh():
             return self.cards_html(), gr.update(choices=self.card_names())
@@ -180,10 +196,6 @@ def serve(model: Optional[str] = None, folder: str = "models/hypernetworks", log
         from .tiny import load_pipeline as tiny_pipeline
         pipe = tiny_pipeline()
     studio = Studio(pipe, folder, log_dir)
-    blocks = studio.build()
-    blocks.queue()
-    blocks.launch(server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=not block,
-                  show_api=False)
-    return studio, blocks
+    return studio, studio.launch(host, port, open_browser, block)
 
 

@@ -196,6 +196,9 @@ def test_generate_applies_tags_and_returns_to_the_base_image(studio):
     assert "nosuch" in missing and "not applied" in missing
     _, bad = studio.generate("x <hypernet:tint:lots>", steps=2)
     assert bad.startswith("Error") and "lots" in bad
+    with studio.lock:  # what a training run holds
+        busy, busy_info = studio.generate("a red circle", steps=2)
+    assert busy is None and "training run" in busy_info
     assert studio.insert_tag("a cat", "tint") == "a cat <hypernet:tint:1>"
     assert studio.insert_tag("a cat <hypernet:tint:1>", "tint") == "a cat <hypernet:tint:1>"
 
@@ -207,10 +210,8 @@ def _free_port() -> int:
 
 
 def test_standalone_serves_on_loopback(studio):
-    blocks = studio.build()
-    blocks.queue()
     port = _free_port()
-    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_api=False)
+    blocks = studio.launch("127.0.0.1", port, block=False)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
             assert page.status == 200

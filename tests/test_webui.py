@@ -3,6 +3,7 @@ registration, the <hypernet:...> tag handler, warnings, infotext, the cards page
 import json
 import logging
 import os
+import sys
 
 import pytest
 import torch
@@ -420,6 +421,18 @@ def test_settings_fall_back_to_defaults(webui):
     assert get_state().library.cache_size == 0
 
 
+def test_every_setting_gets_a_component_on_the_settings_page(webui):
+    """The webui stops at start-up on an option it cannot build a component for (a bare float default, say)."""
+    gr = pytest.importorskip("gradio")
+    from hypernet.webui import settings
+    from modules import ui_settings
+    webui.start()
+    with gr.Blocks():
+        for key in settings.SETTINGS:
+            component = ui_settings.create_setting_component(settings.PREFIX + key)
+            assert component.value == settings.SETTINGS[key].default, key
+
+
 def test_unloading_unhooks_and_restores_the_dropdown(webui, sd1_unet):
     make(webui.folder, "style.pt", seed=13)
     webui.shared.sd_model = StandInModel(sd1_unet)
@@ -459,12 +472,14 @@ def test_no_model_loaded_is_a_warning_not_a_crash(webui):
 def test_warnings_reach_the_console_when_the_webui_configured_no_logging(webui, monkeypatch, capsys):
     from hypernet.webui import messages
     log = logging.getLogger("hypernet")
-    before, level = list(log.handlers), log.level
+    before, level, propagate = list(log.handlers), log.level, log.propagate
     monkeypatch.setattr(logging.root, "handlers", [])       # the webui without --loglevel
     try:
         messages.ensure_console_handler()
         messages.ensure_console_handler()
         assert len([h for h in log.handlers if h not in before]) == 1
+        # something configures the root logger afterwards (a library, or the webui itself): still printed once
+        logging.root.handlers.append(logging.StreamHandler(sys.stderr))
         p = webui.processing.StableDiffusionProcessingTxt2Img(prompt="x")
         messages.warn(p, "no hypernetwork named 'typo'")
         messages.warn(p, "no hypernetwork named 'typo'")     # a second batch of the same generation
@@ -474,3 +489,4 @@ def test_warnings_reach_the_console_when_the_webui_configured_no_logging(webui, 
     finally:
         log.handlers[:] = before
         log.setLevel(level)
+        log.propagate = propagate

@@ -244,6 +244,7 @@ def test_request_models_show_defaults_and_help_in_the_api_docs(webui):
     assert create["layer_structure"]["default"] == [1.0, 2.0, 1.0]
     assert "starting and ending with 1" in create["layer_structure"]["description"]
     assert create["dims"]["default"] == [768, 320, 640, 1280] and "relu" in create["activation"]["description"]
+    assert "one of" not in create["dims"]["description"]   # any positive width is accepted
     assert train["learning_rate"]["default"] == "0.00001" and train["steps"]["default"] == 1000
     assert {"hypernetwork", "overwrite", "name", "dims"} <= set(train)
 

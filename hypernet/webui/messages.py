@@ -30,6 +30,8 @@ def ensure_console_handler() -> None:
     handler.setFormatter(logging.Formatter("[hypernet] %(levelname)s: %(message)s"))
     setattr(handler, _HANDLER_FLAG, True)
     log.addHandler(handler)
+    # The webui configures the root logger later; propagating as well would print every warning twice.
+    log.propagate = False
     if log.level == logging.NOTSET:
         log.setLevel(logging.INFO)
 

@@ -35,11 +35,13 @@ class Setting:
     info: str = ""
     choices: Optional[Tuple] = None
     minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    step: Optional[float] = None
 
 
 SETTINGS = {
     "default_strength": Setting(1.0, "Strength of a <hypernet:name> tag written without one",
-                                "the webui's built-in default is 1.0"),
+                                "the webui's built-in default is 1.0", minimum=0.0, maximum=2.0, step=0.05),
     "cache_size": Setting(4, "Hypernetworks kept loaded in memory",
                           "reused while the file is unchanged; 0 loads from disk every generation", minimum=0),
     "save_format": Setting(".pt", "File type for new hypernetworks",
@@ -123,6 +125,10 @@ def on_ui_settings() -> None:
             component, args = gr.Radio, {"choices": list(setting.choices)}
         elif isinstance(setting.default, int) and not isinstance(setting.default, bool) and gr is not None:
             component, args = gr.Number, {"precision": 0}
+        elif isinstance(setting.default, float) and gr is not None:
+            # The Settings page only infers components for str/int/bool defaults; a bare float stops the webui.
+            component, args = gr.Slider, {"minimum": setting.minimum, "maximum": setting.maximum,
+                                          "step": setting.step}
         info = shared.OptionInfo(setting.default, setting.label, component, args)
         options[PREFIX + key] = info.info(setting.info) if setting.info else info
     # options_section sets .section (and .category_id) the way the webui's own sections are declared.

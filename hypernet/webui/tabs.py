@@ -288,15 +288,18 @@ def wire(gr, panel: Panel, create, train) -> dict:
         message, _ = create_click(panel, *values)
         return message, gr.update(choices=hypernetwork_choices(panel))
 
+    # Short handlers skip the queue: a running Train generator holds a queue worker (the only one in the
+    # standalone UI), and Interrupt must never wait behind the job it stops.
     created = button.click(on_create, inputs=[comps[n] for n in CREATE_INPUTS],
-                           outputs=[output, train["hypernetwork"]])
+                           outputs=[output, train["hypernetwork"]], queue=False)
     train["refresh"].click(lambda: gr.update(choices=hypernetwork_choices(panel)), inputs=[],
-                           outputs=[train["hypernetwork"]])
+                           outputs=[train["hypernetwork"]], queue=False)
     txt2img = list(panel.txt2img_preview or [])
     outputs = [train["status"], train["loss"], train["gallery"]]
     trained = train["train"].click(functools.partial(train_click, panel),
                                    inputs=[train["hypernetwork"], train["use_txt2img"], *train["create"],
                                            *train["options"], *txt2img], outputs=outputs)
     train["watch"].click(functools.partial(watch_click, panel), inputs=[], outputs=outputs)
-    train["interrupt"].click(functools.partial(interrupt_click, panel), inputs=[], outputs=[train["status"]])
+    train["interrupt"].click(functools.partial(interrupt_click, panel), inputs=[], outputs=[train["status"]],
+                             queue=False)
     return {"create": created, "train": trained}
