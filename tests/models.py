@@ -161,3 +161,39 @@ def call_unet(unet: nn.Module, **inputs) -> torch.Tensor:
 def forward(unet: nn.Module, batch: int = 2, seed: int = 0, **kwargs) -> torch.Tensor:
     """call_unet(unet, **unet_inputs(unet, batch, seed, **kwargs))"""
     return call_unet(unet, **unet_inputs(unet, batch, seed, **kwargs))
+
+
+class StandInForge:
+    """The shape of Forge's loaded model (backend/diffusion_engine/sd15.py, base.py, modules/k_model.py,
+    k_prediction.py; HEAD dfdcbab6): not an nn.Module; forge_objects.unet is a UnetPatcher whose .model is a KModel
+    holding .diffusion_model (Forge's port of ldm's UNet, so ldm's class stands in), .predictor (alphas_cumprod,
+    prediction_type) and .computation_dtype; forge_objects.vae.first_stage_model is an AutoencoderKL with encoder,
+    quant_conv, scaling_factor and shift_factor; get_learned_conditioning runs under torch.inference_mode."""
+
+    def __init__(self, unet: nn.Module, prediction_type: str = "epsilon", text_encoder=None, tokenizer=None):
+        from types import SimpleNamespace
+        kmodel = nn.Module()
+        kmodel.diffusion_model = unet
+        kmodel.predictor = nn.Module()
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        kmodel.predictor.register_buffer("alphas_cumprod", (1 - betas).cumprod(0).float())
+        kmodel.predictor.prediction_type = prediction_type
+        kmodel.computation_dtype = torch.float32
+        vae = None
+        if text_encoder is not None:
+            from ldm.modules.diffusionmodules.model import Encoder
+            vae = nn.Module()
+            vae.encoder = Encoder(ch=32, out_ch=3, ch_mult=(1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(),
+                                  in_channels=3, resolution=64, z_channels=4, double_z=True)
+            vae.quant_conv = nn.Conv2d(8, 8, 1)
+            vae.scaling_factor, vae.shift_factor = 0.18215, 0.0
+        self.forge_objects = SimpleNamespace(
+            unet=SimpleNamespace(model=kmodel), vae=SimpleNamespace(first_stage_model=vae),
+            clip=SimpleNamespace(cond_stage_model=text_encoder))
+        self.tokenizer = tokenizer
+        self.is_sd1, self.is_sdxl = True, False
+
+    @torch.inference_mode()
+    def get_learned_conditioning(self, texts):
+        ids = self.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return self.forge_objects.clip.cond_stage_model(ids.input_ids)[0]

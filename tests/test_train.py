@@ -340,6 +340,21 @@ def test_webui_host_trains_the_ldm_unet_with_block_checkpointing(data_dir, tmp_p
     assert not any("forward" in vars(b) for b in host._checkpointing.blocks)  # checkpointing undone
 
 
+def test_forge_host_trains_forges_unet_through_its_kmodel(data_dir, tmp_path):
+    from hypernet.hosts.webui import ForgeHost, make_host
+    from models import StandInForge, tiny_ldm_unet
+    model = StandInForge(tiny_ldm_unet(context_dim=32), "v_prediction", text_encoder=tiny.pipeline("sd1", seed=3)
+                         .text_encoder, tokenizer=tiny.tokenizer())
+    host = make_host(model)
+    assert isinstance(host, ForgeHost) and host.prediction_type == "v" and host.model_dims() == [32, 64]
+    assert host.identity()["host"] == "forge"
+    hn = hypernet.create(dims=host.model_dims(), name="forge", seed=0)
+    start, unet_before = state(hn), state(host.unet)
+    result = train(host, opts(data_dir, tmp_path, steps=3, gradient_checkpointing=True), hn, show_progress=False)
+    assert result.step == 3 and not same_state(start, state(hn))
+    assert same_state(unet_before, state(host.unet))
+
+
 # ---------------------------------------------------------------------------------------------- command line
 def test_cli_train_on_a_diffusers_folder(pipes, data_dir, tmp_path):
     model = tmp_path / "model"

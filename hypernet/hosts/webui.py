@@ -1,4 +1,5 @@
-"""The webui host: the webui's loaded model (ldm LatentDiffusion for SD1/SD2, sgm DiffusionEngine for SDXL).
+"""The webui host: the webui's loaded model (ldm LatentDiffusion for SD1/SD2, sgm DiffusionEngine for SDXL), and
+Forge's (a ForgeDiffusionEngine whose UNet sits in forge_objects.unet.model.diffusion_model).
 
 Only `sample` touches the webui's `modules`, imported inside the function; everything else uses the model object's
 own API, so the adapter is testable with a stand-in that has the same methods.
@@ -36,6 +37,8 @@ class WebuiHost:
     """Trainer-facing adapter for the webui's `shared.sd_model`."""
 
     def __init__(self, sd_model, device=None, sampler: Optional[Callable] = None):
+        if forge_kmodel(sd_model) is not None:
+            raise TypeError("a Forge model: use make_host(), which picks ForgeHost")
         self.sd_model = sd_model
         self.unet = sd_model.model.diffusion_model
         self.is_sdxl = hasattr(sd_model, "conditioner")
@@ -120,3 +123,87 @@ class WebuiHost:
             return processing.process_images(p).images[0]
         finally:
             p.close()
+
+
+def forge_kmodel(sd_model):
+    """Forge's KModel (UNet + noise schedule) of a loaded model, or None for an AUTOMATIC1111 model."""
+    patcher = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
+    return getattr(patcher, "model", None)
+
+
+def make_host(sd_model, device=None, sampler: Optional[Callable] = None) -> "WebuiHost":
+    """The adapter that fits the loaded model: ForgeHost on Forge, WebuiHost on AUTOMATIC1111."""
+    if forge_kmodel(sd_model) is not None:
+        return ForgeHost(sd_model, device=device, sampler=sampler)
+    return WebuiHost(sd_model, device=device, sampler=sampler)
+
+
+class ForgeHost(WebuiHost):
+    """Trainer-facing adapter for Forge's model (backend/diffusion_engine): same UNet blocks as ldm, a diffusers-
+    style VAE with process_in, and a KModel whose predictor holds the noise schedule."""
+
+    def __init__(self, sd_model, device=None, sampler: Optional[Callable] = None):
+        self.sd_model = sd_model
+        objects = sd_model.forge_objects
+        self.kmodel = objects.unet.model
+        self.unet = self.kmodel.diffusion_model
+        self.vae = objects.vae.first_stage_model
+        self.is_sdxl = bool(getattr(sd_model, "is_sdxl", False))
+        self._load_to_device(objects.unet)
+        first = next(self.unet.parameters())
+        self.device = torch.device(device) if device is not None else first.device
+        # Forge may store weights in fp8/fp16 and compute in another dtype; its Linear layers cast per call.
+        self.dtype = getattr(self.kmodel, "computation_dtype", None) or first.dtype
+        predictor = self.kmodel.predictor
+        self.alphas_cumprod = torch.as_tensor(predictor.alphas_cumprod).detach().float().cpu()
+        self.prediction_type = "v" if predictor.prediction_type == "v_prediction" else "epsilon"
+        self.scale_factor = float(getattr(self.vae, "scaling_factor", 0.18215))
+        self.shift_factor = float(getattr(self.vae, "shift_factor", 0.0) or 0.0)
+        self._sampler = sampler
+        self._checkpointing = BlockCheckpointing(self.unet)
+
+    @staticmethod
+    def _load_to_device(patcher) -> None:
+        """Forge keeps models offloaded until used; put the UNet where training will run it."""
+        try:
+            from backend import memory_management  # lazy: only inside Forge
+        except ImportError:
+            return
+        memory_management.load_model_gpu(patcher)
+
+    def frozen_modules(self):
+        objects = self.sd_model.forge_objects
+        clip = getattr(getattr(objects, "clip", None), "cond_stage_model", None)
+        return [m for m in (self.kmodel, self.vae, clip) if isinstance(m, torch.nn.Module)]
+
+    def identity(self) -> dict:
+        return {**super().identity(), "host": "forge"}
+
+    @property
+    def vae_key(self) -> str:
+        return self._fingerprint(self.vae)[:16]
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor):
+        """(mean, std) of the latent Gaussian after Forge's process_in (shift, then scale)."""
+        param = next(self.vae.parameters())
+        moments = self.vae.encoder(pixels.to(param.device, param.dtype))
+        if getattr(self.vae, "quant_conv", None) is not None:
+            moments = self.vae.quant_conv(moments)
+        mean, logvar = moments.float().chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+        return (mean - self.shift_factor) * self.scale_factor, std * self.scale_factor
+
+    @torch.no_grad()
+    def encode_prompts(self, texts):
+        # Forge encodes under torch.inference_mode; clones are ordinary tensors autograd may save.
+        cond = self.sd_model.get_learned_conditioning(list(texts))
+        if isinstance(cond, dict):
+            return {k: v.clone().to(self.device) for k, v in cond.items()}
+        return cond.clone().to(self.device)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        context, extra = (cond["crossattn"], {"y": cond["vector"].to(self.dtype)}) if isinstance(cond, dict) \
+            else (cond, {})
+        return self.unet(x_t.to(self.device, self.dtype), t.to(self.device).float(),
+                         context=context.to(self.dtype), control=None, transformer_options={}, **extra).float()

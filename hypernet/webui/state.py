@@ -111,8 +111,10 @@ class HypernetState:
 
     @staticmethod
     def unet_of(sd_model):
-        """The UNet of a webui model: ldm (SD1/2) and sgm (SDXL) both keep it at .model.diffusion_model."""
-        model = getattr(sd_model, "model", None)
+        """The UNet of a webui model: ldm (SD1/2) and sgm (SDXL) keep it at .model.diffusion_model, Forge in its
+        UnetPatcher's KModel (whose clones share that module, so hooks reach every clone)."""
+        from ..hosts.webui import forge_kmodel
+        model = forge_kmodel(sd_model) or getattr(sd_model, "model", None)
         return getattr(model, "diffusion_model", None)
 
     def sites(self, unet) -> list:

@@ -74,14 +74,14 @@ class WebuiRuntime:
 
     def host(self):
         from modules import shared
-        from ..hosts.webui import WebuiHost
+        from ..hosts.webui import make_host
         from .state import clear_builtin, get_state
         sd_model = shared.sd_model
         if sd_model is None:
             raise RuntimeError("no model is loaded; load a checkpoint first")
         get_state().detach()  # generation hooks off; the trainer hooks its own
         clear_builtin()       # and the built-in path adds nothing either
-        return WebuiHost(sd_model)
+        return make_host(sd_model)
 
     def planned(self, steps: int) -> None:
         if self._webui_state is not None:
