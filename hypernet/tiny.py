@@ -200,6 +200,18 @@ def pipeline(kind: str = "sd1", seed: int = 0):
     return pipe
 
 
+def _own_key_names(part: dict, module: torch.nn.Module, inner: str = "text_model.") -> dict:
+    """`part` keyed the way `module` names its weights: CLIPTextModel calls them text_model.* in transformers 4
+    and drops that prefix in 5, and the stored file has one of the two."""
+    expected = module.state_dict().keys()
+    if set(part) == set(expected):
+        return part
+    bare = {k[len(inner):] if k.startswith(inner) else k: v for k, v in part.items()}
+    if any(k.startswith(inner) for k in expected):
+        return {inner + k: v for k, v in bare.items()}
+    return bare
+
+
 def load_pipeline(folder=None, device="cpu", dtype: torch.dtype = torch.float32):
     """The trained tiny model (hypernet/assets/tiny-sd, or `folder` from a build) as a StableDiffusionPipeline.
 
@@ -226,7 +238,7 @@ def load_pipeline(folder=None, device="cpu", dtype: torch.dtype = torch.float32)
     for name, module in modules.items():
         prefix = name + "."
         part = {k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
-        module.load_state_dict(part, strict=True)
+        module.load_state_dict(_own_key_names(part, module), strict=True)
         module.eval().requires_grad_(False)
         if dtype != torch.float32 or torch.device(device).type != "cpu":
             module.to(device=device, dtype=dtype)

@@ -107,4 +107,9 @@ def test_start_and_interrupt_training_in_the_browser(server, page):
     assert f"Saved {saved}" in status.inner_text()
     hn = hypernet.load(saved)
     assert 0 < hn.step < 100000 and hn.dims == [32, 64]
-    page.locator("#hypernet_train_loss img").wait_for(state="visible")
+    # the loss plot arrived and decoded (gradio 4 lazy-loads images below the fold, so scroll to it first)
+    plot = page.locator("#hypernet_train_loss img").first
+    plot.wait_for(state="attached")
+    plot.scroll_into_view_if_needed()
+    page.wait_for_function("() => { const i = document.querySelector('#hypernet_train_loss img');"
+                           " return i && i.complete && i.naturalWidth > 100; }", timeout=TIMEOUT_MS)

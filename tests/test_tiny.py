@@ -190,3 +190,20 @@ def test_sample_command_writes_a_png(tmp_path):
                       "--out", str(out), "--scale", "1"]) == 0
     from PIL import Image
     assert Image.open(out).size == (128, 128)
+
+
+def test_stored_text_encoder_keys_load_with_either_transformers_naming():
+    """transformers 4 names CLIPTextModel weights text_model.*, 5 drops the prefix; the shipped file has one."""
+    import torch
+    from hypernet.tiny import _own_key_names
+
+    class Prefixed(torch.nn.Module):          # transformers 4 layout
+        def __init__(self):
+            super().__init__()
+            self.text_model = torch.nn.Linear(2, 2)
+
+    bare = {"weight": torch.ones(2, 2), "bias": torch.zeros(2)}
+    prefixed = {"text_model." + k: v for k, v in bare.items()}
+    assert set(_own_key_names(bare, Prefixed())) == set(prefixed)
+    assert set(_own_key_names(prefixed, torch.nn.Linear(2, 2))) == set(bare)
+    assert _own_key_names(bare, torch.nn.Linear(2, 2)) is bare
