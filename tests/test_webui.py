@@ -134,22 +134,12 @@ def test_activate_attaches_a_stack_and_strength_scales_it(webui, sd1_unet):
     assert p.comments == {}
 
 
-def test_tags_reach_forges_unet(webui, sd1_unet):
+@pytest.mark.parametrize("host", ["webui", "forge"])
+def test_a_generation_strips_the_tag_and_leaves_the_unet_as_it_was(webui, sd1_unet, host):
     """Forge registers the same extra network API, but its model keeps the UNet in forge_objects."""
     from models import StandInForge
-    make(webui.folder, "style.pt", seed=4)
-    webui.shared.sd_model = StandInForge(sd1_unet)
-    webui.start()
-    base = output(sd1_unet)
-    p, processed = generate(webui, "a cat <hypernet:style:1>", sd1_unet)
-    assert not torch.equal(processed.outputs[0], base) and p.comments == {}
-    _, zero = generate(webui, "a cat <hypernet:style:0>", sd1_unet)
-    assert torch.equal(zero.outputs[0], base) and torch.equal(output(sd1_unet), base)
-
-
-def test_a_generation_strips_the_tag_and_leaves_the_unet_as_it_was(webui, sd1_unet):
     make(webui.folder, "waterElemental_10.pt", seed=3)
-    webui.shared.sd_model = StandInModel(sd1_unet)
+    webui.shared.sd_model = StandInModel(sd1_unet) if host == "webui" else StandInForge(sd1_unet)
     webui.start()
     base = output(sd1_unet)
     p, processed = generate(webui, "water elemental woman <hypernet:waterElemental_10:0.7>", sd1_unet)
