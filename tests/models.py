@@ -165,7 +165,7 @@ def forward(unet: nn.Module, batch: int = 2, seed: int = 0, **kwargs) -> torch.T
 
 class StandInForge:
     """The shape of Forge's loaded model (backend/diffusion_engine/sd15.py, base.py, modules/k_model.py,
-    k_prediction.py; HEAD dfdcbab6): not an nn.Module; forge_objects.unet is a UnetPatcher whose .model is a KModel
+    k_prediction.py at commit 08637651): not an nn.Module; forge_objects.unet is a UnetPatcher whose .model is a KModel
     holding .diffusion_model (Forge's port of ldm's UNet, so ldm's class stands in), .predictor (alphas_cumprod,
     prediction_type) and .computation_dtype; forge_objects.vae.first_stage_model is an AutoencoderKL with encoder,
     quant_conv, scaling_factor and shift_factor; get_learned_conditioning runs under torch.inference_mode."""
