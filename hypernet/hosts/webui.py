@@ -37,19 +37,26 @@ class WebuiHost:
     """Trainer-facing adapter for the webui's `shared.sd_model`."""
 
     def __init__(self, sd_model, device=None, sampler: Optional[Callable] = None):
-        if forge_kmodel(sd_model) is not None:
-            raise TypeError("a Forge model: use make_host(), which picks ForgeHost")
         self.sd_model = sd_model
-        self.unet = sd_model.model.diffusion_model
-        self.is_sdxl = hasattr(sd_model, "conditioner")
+        self._read_model(sd_model)
         first = next(self.unet.parameters())
         self.device = torch.device(device) if device is not None else first.device
-        self.dtype = first.dtype
+        self.dtype = self.compute_dtype or first.dtype
+        self._sampler = sampler
+        self._checkpointing = BlockCheckpointing(self.unet)
+
+    def _read_model(self, sd_model) -> None:
+        """UNet, VAE, noise schedule and latent scaling of an ldm LatentDiffusion / sgm DiffusionEngine."""
+        if forge_kmodel(sd_model) is not None:
+            raise TypeError("a Forge model: use make_host(), which picks ForgeHost")
+        self.unet = sd_model.model.diffusion_model
+        self.vae = sd_model.first_stage_model
+        self.is_sdxl = hasattr(sd_model, "conditioner")
+        self.compute_dtype = None  # the UNet's own dtype
         self.alphas_cumprod = torch.as_tensor(sd_model.alphas_cumprod).detach().float().cpu()
         self.prediction_type = "v" if getattr(sd_model, "parameterization", "eps") == "v" else "epsilon"
         self.scale_factor = float(getattr(sd_model, "scale_factor", 0.18215))
-        self._sampler = sampler
-        self._checkpointing = BlockCheckpointing(self.unet)
+        self.shift_factor = 0.0
 
     def frozen_modules(self):
         return [self.sd_model]
@@ -76,26 +83,27 @@ class WebuiHost:
 
     @property
     def vae_key(self) -> str:
-        return self._fingerprint(self.sd_model.first_stage_model)[:16]
+        return self._fingerprint(self.vae)[:16]
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor):
-        """(mean, std) of the scaled latent Gaussian; the same encoder + quant_conv path in ldm and sgm."""
-        vae = self.sd_model.first_stage_model
-        param = next(vae.parameters())
-        moments = vae.encoder(pixels.to(param.device, param.dtype))
-        if getattr(vae, "quant_conv", None) is not None:
-            moments = vae.quant_conv(moments)
+        """(mean, std) of the latent Gaussian, shifted then scaled; the same encoder + quant_conv path in ldm, sgm
+        and Forge (whose VAE adds the shift)."""
+        param = next(self.vae.parameters())
+        moments = self.vae.encoder(pixels.to(param.device, param.dtype))
+        if getattr(self.vae, "quant_conv", None) is not None:
+            moments = self.vae.quant_conv(moments)
         mean, logvar = moments.float().chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        return mean * self.scale_factor, std * self.scale_factor
+        return (mean - self.shift_factor) * self.scale_factor, std * self.scale_factor
 
     @torch.no_grad()
     def encode_prompts(self, texts):
+        # Forge encodes under torch.inference_mode; clones are ordinary tensors autograd may save.
         cond = self.sd_model.get_learned_conditioning(list(texts))
         if isinstance(cond, dict):
-            return {k: v.to(self.device) for k, v in cond.items()}
-        return cond.to(self.device)
+            return {k: v.clone().to(self.device) for k, v in cond.items()}
+        return cond.clone().to(self.device)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         return self.sd_model.apply_model(x_t.to(self.device, self.dtype), t.to(self.device), cond)
@@ -142,25 +150,20 @@ class ForgeHost(WebuiHost):
     """Trainer-facing adapter for Forge's model (backend/diffusion_engine): same UNet blocks as ldm, a diffusers-
     style VAE with process_in, and a KModel whose predictor holds the noise schedule."""
 
-    def __init__(self, sd_model, device=None, sampler: Optional[Callable] = None):
-        self.sd_model = sd_model
+    def _read_model(self, sd_model) -> None:
         objects = sd_model.forge_objects
         self.kmodel = objects.unet.model
         self.unet = self.kmodel.diffusion_model
         self.vae = objects.vae.first_stage_model
         self.is_sdxl = bool(getattr(sd_model, "is_sdxl", False))
         self._load_to_device(objects.unet)
-        first = next(self.unet.parameters())
-        self.device = torch.device(device) if device is not None else first.device
         # Forge may store weights in fp8/fp16 and compute in another dtype; its Linear layers cast per call.
-        self.dtype = getattr(self.kmodel, "computation_dtype", None) or first.dtype
+        self.compute_dtype = getattr(self.kmodel, "computation_dtype", None)
         predictor = self.kmodel.predictor
         self.alphas_cumprod = torch.as_tensor(predictor.alphas_cumprod).detach().float().cpu()
         self.prediction_type = "v" if predictor.prediction_type == "v_prediction" else "epsilon"
         self.scale_factor = float(getattr(self.vae, "scaling_factor", 0.18215))
         self.shift_factor = float(getattr(self.vae, "shift_factor", 0.0) or 0.0)
-        self._sampler = sampler
-        self._checkpointing = BlockCheckpointing(self.unet)
 
     @staticmethod
     def _load_to_device(patcher) -> None:
@@ -178,29 +181,6 @@ class ForgeHost(WebuiHost):
 
     def identity(self) -> dict:
         return {**super().identity(), "host": "forge"}
-
-    @property
-    def vae_key(self) -> str:
-        return self._fingerprint(self.vae)[:16]
-
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor):
-        """(mean, std) of the latent Gaussian after Forge's process_in (shift, then scale)."""
-        param = next(self.vae.parameters())
-        moments = self.vae.encoder(pixels.to(param.device, param.dtype))
-        if getattr(self.vae, "quant_conv", None) is not None:
-            moments = self.vae.quant_conv(moments)
-        mean, logvar = moments.float().chunk(2, dim=1)
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        return (mean - self.shift_factor) * self.scale_factor, std * self.scale_factor
-
-    @torch.no_grad()
-    def encode_prompts(self, texts):
-        # Forge encodes under torch.inference_mode; clones are ordinary tensors autograd may save.
-        cond = self.sd_model.get_learned_conditioning(list(texts))
-        if isinstance(cond, dict):
-            return {k: v.clone().to(self.device) for k, v in cond.items()}
-        return cond.clone().to(self.device)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         context, extra = (cond["crossattn"], {"y": cond["vector"].to(self.dtype)}) if isinstance(cond, dict) \
