@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -18,3 +19,15 @@ def fixtures_dir() -> Path:
     if not (FIXTURES / "manifest.json").exists():
         pytest.fail(f"reference fixtures not found at {FIXTURES}; set HYPERNET_FIXTURES to the a1111-reference folder")
     return FIXTURES
+
+
+def _unused_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """Call it for a loopback TCP port nothing listens on right now, for a server a test starts."""
+    return _unused_loopback_port

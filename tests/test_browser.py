@@ -6,7 +6,6 @@ Needs the `playwright` package (in the test extra) and a Chromium binary: /usr/b
 """
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -28,19 +27,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 TIMEOUT_MS = 60_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, free_port):
     from hypernet.standalone import Studio
     from hypernet.tiny import load_pipeline
     root = tmp_path_factory.mktemp("browser")
     studio = Studio(load_pipeline(), str(root / "hypernetworks"), str(root / "logs"))
-    port = _free_port()
+    port = free_port()
     blocks = studio.launch("127.0.0.1", port, block=False)
     yield studio, f"http://127.0.0.1:{port}/", root
     for job in list(studio.state.jobs.values()):

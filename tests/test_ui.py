@@ -4,7 +4,6 @@ Tabs inside the webui are checked against the stand-in `modules`; the standalone
 model and is also served over HTTP.
 """
 import dataclasses
-import socket
 import urllib.request
 
 import pytest
@@ -203,14 +202,8 @@ def test_generate_applies_tags_and_returns_to_the_base_image(studio):
     assert studio.insert_tag("a cat <hypernet:tint:1>", "tint") == "a cat <hypernet:tint:1>"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_standalone_serves_on_loopback(studio):
-    port = _free_port()
+def test_standalone_serves_on_loopback(studio, free_port):
+    port = free_port()
     blocks = studio.launch("127.0.0.1", port, block=False)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
