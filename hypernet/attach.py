@@ -10,6 +10,7 @@ from typing import Iterable, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .config import made_for
 from .errors import HypernetError, HypernetWarning
 from .network import Hypernetwork, _strength_pair, apply_chain
 
@@ -17,7 +18,6 @@ log = logging.getLogger("hypernet")
 
 # projection module -> the Attachment whose hook sits on it; lets a new attach replace an old one.
 _OWNER: "weakref.WeakKeyDictionary[nn.Module, Attachment]" = weakref.WeakKeyDictionary()
-_KNOWN_CROSS = {768: "SD1", 1024: "SD2", 2048: "SDXL"}
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,8 @@ class Compatibility:
 
     @property
     def warning(self) -> Optional[str]:
-        made_for = sorted({_KNOWN_CROSS[d] for d in self.dims if d in _KNOWN_CROSS})
-        made = f" (made for {'/'.join(made_for)})" if made_for else ""
-        kinds = [_KNOWN_CROSS[d] for d in self.model_cross_dims if d in _KNOWN_CROSS]
-        model_kind = f"{'/'.join(kinds)} model" if kinds else "model"
+        made = f" (made for {made_for(self.dims)})" if made_for(self.dims) else ""
+        model_kind = f"{made_for(self.model_cross_dims)} model" if made_for(self.model_cross_dims) else "model"
         if not self.applies:
             return (f"hypernetwork {self.hypernetwork!r}{made} applies nothing to this model: it has widths "
                     f"{self.dims}, the model's self-attention uses {self.model_self_dims} and its cross-attention "

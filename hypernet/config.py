@@ -45,6 +45,12 @@ ACTIVATIONS: dict = _activation_table()
 WEIGHT_INITS = ("Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal")
 # Widths users pick from: SD1 cross (768), SD2 cross (1024), SDXL cross (2048), self-attention (320/640/1280).
 COMMON_DIMS = (320, 640, 768, 1024, 1280, 2048)
+# Which base model a cross-attention width means; the one table every listing, card and warning reads.
+KNOWN_CROSS = {768: "SD1", 1024: "SD2", 2048: "SDXL"}
+# Bounds that keep a typo (or a crafted file's metadata) from asking for terabytes: the widest text encoder in
+# use today is 4096 wide, and the webui's default hypernetwork has 22 million parameters.
+MAX_WIDTH = 16384
+MAX_PARAMETERS = 2_000_000_000
 _BAD_NAME_CHARS = re.compile(r'[\\/:<>"|?*\x00-\x1f]')
 
 
@@ -110,6 +116,24 @@ class CreateOptions:
         self.layer_norm = self._check_bool("layer_norm", self.layer_norm)
         self.activate_output = self._check_bool("activate_output", self.activate_output)
         self.dropout_structure = self._check_dropout(self.dropout_structure)
+        self._check_size()
+
+    def _check_size(self) -> None:
+        count = self.parameter_count()
+        if count > MAX_PARAMETERS:
+            raise ConfigError("layer_structure", f"widths {self.dims} with layer structure {_fmt(self.layer_structure)} "
+                                                 f"give {count:,} parameters ({count * 4 / 2**30:.1f} GiB), over the "
+                                                 f"{MAX_PARAMETERS:,} limit; use fewer widths or smaller multipliers")
+
+    def parameter_count(self) -> int:
+        """Weights of the linear and layer-norm layers (k and v, every width); PReLU adds one per activation."""
+        total = 0
+        for dim in self.dims:
+            widths = self.widths(dim)
+            per = sum(a * b + b for a, b in zip(widths, widths[1:]))
+            per += sum(2 * b for b in widths[1:]) if self.layer_norm else 0
+            total += 2 * per
+        return total
 
     @staticmethod
     def _check_name(name) -> str:
@@ -130,9 +154,9 @@ class CreateOptions:
         values = _split_numbers(dims, "dims", _to_int)
         if not values:
             raise ConfigError("dims", f"needs at least one width, e.g. {', '.join(map(str, COMMON_DIMS))}")
-        bad = [d for d in values if d <= 0]
+        bad = [d for d in values if not 0 < d <= MAX_WIDTH]
         if bad:
-            raise ConfigError("dims", f"widths must be positive integers, got {bad}")
+            raise ConfigError("dims", f"widths must be positive whole numbers up to {MAX_WIDTH}, got {bad[:5]}")
         if len(set(values)) != len(values):
             raise ConfigError("dims", f"each width may appear once, got {values}")
         return sorted(values)
@@ -202,6 +226,11 @@ class CreateOptions:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             out.append((f.name, default, dict(f.metadata)))
         return out
+
+
+def made_for(dims) -> Optional[str]:
+    """"SD1", "SD2", "SDXL" (several joined by '/') from the cross-attention widths among `dims`; None if none."""
+    return "/".join(KNOWN_CROSS[d] for d in sorted(dims) if d in KNOWN_CROSS) or None
 
 
 def parse_dropout_structure(layer_structure, use_dropout: bool, last_layer_dropout: bool) -> list:
@@ -286,6 +315,8 @@ class TrainOptions:
     log_dir: str = _opt("logs", "folder for dated run folders with copies, previews and the loss log",
                         group="output")
     output: str = _opt("", "where the final file goes (default: <log_dir>/<name>.pt)", group="output")
+    overwrite: bool = _opt(False, "the final file may replace an existing file (continuing a hypernetwork into its own "
+                           "file never needs this)", group="output")
     save_every: int = _opt(500, "save a numbered copy every N steps (0 = never)", group="output")
     save_optimizer_state: bool = _opt(True, "write a .optim beside each save, for exact resume", group="output")
     log_every: int = _opt(10, "write a loss CSV row every N steps", group="output")

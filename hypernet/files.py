@@ -1,7 +1,7 @@
 """Reading and writing hypernetwork files: webui .pt, NovelAI originals, .safetensors and .optim sidecars.
 
-Nothing here executes code from a file: .pt files go through torch's weights-only unpickler, and everything
-read is checked against the layout the metadata promises before it becomes a Hypernetwork.
+Nothing here executes code from a file: container.py reads .pt and .safetensors without torch.load, and
+everything read is checked against the layout the metadata promises before a byte of weights is read.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import collections
 import hashlib
 import io
 import json
+import math
 import os
-import pickle
 import re
 import tempfile
 import zipfile
@@ -19,7 +19,9 @@ from typing import Optional
 
 import torch
 
-from .config import ACTIVATIONS, WEIGHT_INITS, CreateOptions, parse_dropout_structure
+from .config import ACTIVATIONS, MAX_WIDTH, WEIGHT_INITS, CreateOptions, parse_dropout_structure
+from .container import (Reader, TensorRef, brief, load_object, parse_json, read as read_container,
+                        webui_refusal)
 from .errors import ConfigError, FileFormatError, HypernetError, UnsafeFileError
 from .network import Hypernetwork
 
@@ -28,7 +30,6 @@ ST_SUFFIX = ".safetensors"
 SAFETENSORS_FORMAT = "hypernet"
 SAFETENSORS_FORMAT_VERSION = "1"
 # Zip members every torch since 1.6 reads, and the only ones every webui release's restricted loader accepts.
-_WEBUI_MEMBER = re.compile(r"^([^/]+)/((data/\d+)|version|byteorder|\.data/serialization_id|(data\.pkl))$")
 _KEEP_MEMBER = re.compile(r"^([^/]+)/((data/\d+)|version|(data\.pkl))$")
 _NAI_RENAMES = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias",
                 "linear2.weight": "linear.1.weight", "linear2.bias": "linear.1.bias"}
@@ -186,31 +187,6 @@ def save_optimizer(path, optimizer_name: str, optimizer_state: dict, extra: Opti
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _torch_load(path) -> object:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except FileNotFoundError:
-        raise FileFormatError(path, "file not found") from None
-    except OSError as exc:
-        raise FileFormatError(path, f"cannot read ({exc.strerror or exc})") from None
-    if not head:
-        raise FileFormatError(path, "file is empty (an interrupted download or save?)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        found = re.search(r"(?:Unsupported global|unsupported GLOBAL|Unsupported class)[^\n]*", text)
-        if found:
-            raise UnsafeFileError(path, f"refused: the file may be malicious ({found.group(0).strip()}); a "
-                                        "hypernetwork holds only tensors and plain values, so it was not loaded and "
-                                        "nothing in it ran") from None
-        detail = text.split("\n")[-1].strip() if "Weights only load failed" in text else _short(exc)
-        raise FileFormatError(path, f"not a readable PyTorch file, truncated or corrupt ({detail})") from None
-    except Exception as exc:  # torch raises many types for truncated or garbage archives
-        raise FileFormatError(path, f"not a readable PyTorch file, truncated or corrupt ({_short(exc)})") from None
-
-
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
@@ -218,12 +194,12 @@ def _short(exc: BaseException) -> str:
 
 
 def _what_is_it(obj: dict) -> str:
-    keys = [k for k in obj.keys() if isinstance(k, str)]
+    keys = [k for k in obj.keys() if isinstance(k, str)][:50]
     if "string_to_param" in keys or "emb_params" in keys:
         return " It looks like a textual-inversion embedding; put it in the embeddings folder."
-    if any("lora" in k for k in keys[:50]):
+    if any("lora" in k for k in keys):
         return " It looks like a LoRA; put it in the Lora folder."
-    if "state_dict" in keys or any(k.startswith("model.diffusion_model") for k in keys[:50]):
+    if "state_dict" in keys or any(k.startswith("model.diffusion_model") for k in keys):
         return " It looks like a model checkpoint."
     return ""
 
@@ -233,7 +209,7 @@ def _meta_get(meta: dict, key: str, default, types, path):
     if value is None and default is None:
         return None
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
-        raise FileFormatError(path, f"metadata {key!r} should be {_type_names(types)}, found {value!r}")
+        raise FileFormatError(path, f"metadata {key!r} should be {_type_names(types)}, found {brief(value)}")
     return value
 
 
@@ -245,15 +221,23 @@ def _type_names(types) -> str:
     return " or ".join(t.__name__ for t in _as_tuple(types))
 
 
+def _numbers(meta: dict, key: str, default, path):
+    value = _meta_get(meta, key, default, (list, tuple), path)
+    if value is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise FileFormatError(path, f"metadata {key!r} should be a list of numbers, found {brief(value)}")
+    return value
+
+
 def config_from_metadata(meta: dict, dims: list, path) -> CreateOptions:
     """Creation options from a file's string keys, with the webui's defaults for missing keys."""
     stem = Path(path).stem
-    structure = _meta_get(meta, "layer_structure", [1, 2, 1], (list, tuple), path)
+    structure = _numbers(meta, "layer_structure", [1, 2, 1], path)
     activation = _meta_get(meta, "activation_func", None, str, path) or "linear"
     if activation.lower() not in ACTIVATIONS:
-        raise FileFormatError(path, f"activation {activation!r} is not supported; known: {', '.join(ACTIVATIONS)}")
+        raise FileFormatError(path, f"activation {brief(activation)} is not supported; known: "
+                                    f"{', '.join(ACTIVATIONS)}")
     init = _meta_get(meta, "weight_initialization", "Normal", str, path)
-    dropout = _meta_get(meta, "dropout_structure", None, (list, tuple), path)
+    dropout = _numbers(meta, "dropout_structure", None, path)
     use_dropout = _meta_get(meta, "use_dropout", False, (bool, int), path)
     last_layer_dropout = _meta_get(meta, "last_layer_dropout", False, (bool, int), path)
     if dropout is None or len(dropout) == 0:
@@ -276,64 +260,93 @@ def config_from_metadata(meta: dict, dims: list, path) -> CreateOptions:
 
 def _prepare_state(sd, path, dim: int, which: str) -> dict:
     if not isinstance(sd, dict):
-        raise FileFormatError(path, f"width {dim} ({which}): expected a state dict, found {type(sd).__name__}")
+        raise FileFormatError(path, f"width {dim} ({which}): expected a state dict, found {brief(sd)}")
     out = {}
     for key, value in sd.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise FileFormatError(path, f"width {dim} ({which}): entry {key!r} is not a named tensor")
+        if not isinstance(key, str) or not isinstance(value, TensorRef):
+            raise FileFormatError(path, f"width {dim} ({which}): entry {brief(key)} is not a named tensor")
         if not value.is_floating_point():
             raise FileFormatError(path, f"width {dim} ({which}): {key} has dtype {value.dtype}, expected floats")
         out[_NAI_RENAMES.get(key, key)] = value
     return out
 
 
-def _load_module(module, sd: dict, path, dim: int, which: str) -> None:
+def _check_module(module, sd: dict, path, dim: int, which: str) -> None:
     expected = module.state_dict()
     missing = [k for k in expected if k not in sd]
     extra = [k for k in sd if k not in expected]
     if missing or extra:
         detail = "; ".join(part for part in (
             f"missing {', '.join(missing)}" if missing else "",
-            f"unexpected {', '.join(extra)}" if extra else "") if part)
+            f"unexpected {', '.join(map(brief, extra[:5]))}" if extra else "") if part)
         raise FileFormatError(path, f"width {dim} ({which}): {detail}. The weights do not match the file's "
                                     "layer_structure / activation_func / is_layer_norm / dropout metadata")
     for key, tensor in expected.items():
         if tuple(sd[key].shape) != tuple(tensor.shape):
             raise FileFormatError(path, f"width {dim} ({which}): {key} has shape {list(sd[key].shape)}, expected "
                                         f"{list(tensor.shape)} for this width and layer structure")
-        if not bool(torch.isfinite(sd[key]).all()):
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite: one float64 sum (finite iff every term is), exact check only on doubt."""
+    if math.isfinite(float(tensor.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
+def _fill_module(module, sd: dict, reader: Reader, used: set, path, dim: int, which: str) -> None:
+    weights = {}
+    for key, ref in sd.items():
+        value = reader.tensor(ref)
+        if not _all_finite(value):
             raise FileFormatError(path, f"width {dim} ({which}): {key} contains NaN or infinite values (the "
                                         "training that made it diverged); use an earlier saved copy")
-    module.load_state_dict({k: v.to(torch.float32).clone() for k, v in sd.items()}, strict=True, assign=True)
+        # A tensor the file lists twice (or a half-precision one) becomes a parameter of its own.
+        value = value.to(torch.float32)
+        weights[key] = value.clone() if ref.storage.key in used and value.dtype == ref.dtype else value
+        used.add(ref.storage.key)
+    module.load_state_dict(weights, strict=True, assign=True)
 
 
-def hypernetwork_from_state(obj, path) -> Hypernetwork:
-    """Build a Hypernetwork from an unpickled webui/NovelAI dict, checking every key and shape."""
+def _max_parameter_bytes(container) -> int:
+    """A load never allocates more than twice the file's size (half-precision files widen to float32)."""
+    return 2 * container.size + (1 << 20)
+
+
+def hypernetwork_from_state(obj, path, reader: Optional[Reader] = None, limit: Optional[int] = None) -> Hypernetwork:
+    """A Hypernetwork from a file's object (TensorRef leaves), checked key by key and shape by shape.
+
+    Without a reader the weights stay on the meta device: everything but the values is known and checked.
+    """
     if not isinstance(obj, dict):
-        raise FileFormatError(path, f"expected a dict of widths to (k, v) weights, found {type(obj).__name__}")
+        raise FileFormatError(path, f"expected a dict of widths to (k, v) weights, found {brief(obj)}")
     layers = {k: v for k, v in obj.items() if type(k) is int}
     if not layers:
         raise FileFormatError(path, "holds no hypernetwork layers (no integer width keys)." + _what_is_it(obj))
-    bad = [k for k in layers if k <= 0]
+    bad = [k for k in layers if not 0 < k <= MAX_WIDTH]
     if bad:
-        raise FileFormatError(path, f"invalid layer width(s) {bad}")
+        raise FileFormatError(path, f"invalid layer width(s) {bad[:5]}; widths are 1 to {MAX_WIDTH}")
     meta = {k: v for k, v in obj.items() if isinstance(k, str)}
     config = config_from_metadata(meta, sorted(layers), path)
     step = _meta_get(meta, "step", 0, int, path)
     with torch.device("meta"):
         hn = Hypernetwork(config)
+    if limit is not None and hn.parameter_count() * 4 > limit:
+        raise FileFormatError(path, f"its metadata describes {hn.parameter_count()} parameters, far more than the "
+                                    "file's size can hold; the file is crafted or corrupt")
+    states = {}
     for dim in config.dims:
         pair = layers[dim]
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise FileFormatError(path, f"width {dim}: expected a (k, v) pair of state dicts, "
-                                        f"found {type(pair).__name__}")
+            raise FileFormatError(path, f"width {dim}: expected a (k, v) pair of state dicts, found {brief(pair)}")
         for which, module, sd in zip(("k", "v"), hn.modules_for(dim), pair):
-            _load_module(module, _prepare_state(sd, path, dim, which), path, dim, which)
-    for module in hn.modules():
-        # PReLU etc. have no registered state beyond weights; any meta tensor left would be a layout bug.
-        for name, param in module.named_parameters(recurse=False):
-            if param.is_meta:
-                raise FileFormatError(path, f"parameter {name} was not in the file")
+            states[(dim, which)] = _prepare_state(sd, path, dim, which)
+            _check_module(module, states[(dim, which)], path, dim, which)
+    if reader is not None:
+        used: set = set()
+        for dim in config.dims:
+            for which, module in zip(("k", "v"), hn.modules_for(dim)):
+                _fill_module(module, states[(dim, which)], reader, used, path, dim, which)
     hn.step = step
     hn.sd_checkpoint = meta.get("sd_checkpoint") if isinstance(meta.get("sd_checkpoint"), str) else None
     hn.sd_checkpoint_name = meta.get("sd_checkpoint_name") if isinstance(meta.get("sd_checkpoint_name"), str) else None
@@ -345,49 +358,58 @@ def hypernetwork_from_state(obj, path) -> Hypernetwork:
     return hn
 
 
-def _load_safetensors(path) -> Hypernetwork:
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            header = fh.metadata() or {}
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
-    except FileNotFoundError:
-        raise FileFormatError(path, "file not found") from None
-    except Exception as exc:
-        raise FileFormatError(path, f"not a readable safetensors file, truncated or corrupt ({_short(exc)})") from None
+def _safetensors_object(container, path) -> dict:
+    """The webui-layout dict (int widths -> (k, v) state dicts, string metadata) of a hypernetwork safetensors."""
+    header = container.metadata or {}
     if header.get("format") != SAFETENSORS_FORMAT:
         raise FileFormatError(path, "is a safetensors file without hypernetwork metadata (header 'format' is "
-                                    f"{header.get('format')!r}, expected {SAFETENSORS_FORMAT!r}); is it a LoRA "
+                                    f"{brief(header.get('format'))}, expected {SAFETENSORS_FORMAT!r}); is it a LoRA "
                                     "or a checkpoint?")
-    try:
-        meta = json.loads(header.get("hypernet", "{}"))
-    except json.JSONDecodeError as exc:
-        raise FileFormatError(path, f"header 'hypernet' is not valid JSON ({exc})") from None
+    meta = parse_json(path, header.get("hypernet", "{}"), "header 'hypernet'")
     if not isinstance(meta, dict):
         raise FileFormatError(path, "header 'hypernet' must be a JSON object")
     obj: dict = {k: v for k, v in meta.items() if isinstance(k, str)}
-    pairs: dict = {}
-    for key, tensor in tensors.items():
-        found = re.match(r"^(\d+)\.([kv])\.(.+)$", key)
+    for key, ref in container.tensors.items():
+        found = re.match(r"^(\d{1,9})\.([kv])\.(.+)$", key)
         if not found:
-            raise FileFormatError(path, f"unexpected tensor name {key!r}; expected '<width>.<k|v>.linear.<i>.<param>'")
+            raise FileFormatError(path, f"unexpected tensor name {brief(key)}; expected "
+                                        "'<width>.<k|v>.linear.<i>.<param>'")
         dim, which, rest = int(found.group(1)), found.group(2), found.group(3)
-        pairs.setdefault(dim, ({}, {}))[0 if which == "k" else 1][rest] = tensor
-    obj.update(pairs)
-    return hypernetwork_from_state(obj, path)
+        obj.setdefault(dim, ({}, {}))[0 if which == "k" else 1][rest] = ref
+    return obj
+
+
+def _container(path):
+    """The checked container of a hypernetwork file whose content matches its name."""
+    path = Path(path)
+    if path.suffix.lower() == ".optim":
+        raise FileFormatError(path, "is an optimizer sidecar, not a hypernetwork; load the .pt beside it")
+    found = read_container(path)
+    named_st = path.suffix.lower() == ST_SUFFIX
+    if named_st and found.kind != "safetensors":
+        raise FileFormatError(path, f"holds PyTorch data but is named .safetensors; rename it to {path.stem}.pt")
+    if not named_st and found.kind == "safetensors":
+        raise FileFormatError(path, f"holds safetensors data but is named {path.suffix or 'without a suffix'}; "
+                                    f"rename it to {path.stem}.safetensors")
+    return found
+
+
+def _layout(found, path) -> dict:
+    return _safetensors_object(found, path) if found.kind == "safetensors" else found.obj
+
+
+def inspect(path) -> Hypernetwork:
+    """A file's hypernetwork with its weights left unread (meta device): every check but finiteness, at once."""
+    found = _container(path)
+    return hypernetwork_from_state(_layout(found, path), Path(path), limit=_max_parameter_bytes(found))
 
 
 def load(path, *, with_optimizer: bool = False) -> Hypernetwork:
     """Read a hypernetwork from .pt (webui or NovelAI layout) or .safetensors; never runs code from the file."""
     path = Path(path)
-    if path.is_dir():
-        raise FileFormatError(path, "is a folder, expected a .pt or .safetensors file")
-    if path.suffix.lower() == ".optim":
-        raise FileFormatError(path, "is an optimizer sidecar, not a hypernetwork; load the .pt beside it")
-    if path.suffix.lower() == ST_SUFFIX:
-        hn = _load_safetensors(path)
-    else:
-        hn = hypernetwork_from_state(_torch_load(path), path)
+    found = _container(path)
+    with Reader(found) as reader:
+        hn = hypernetwork_from_state(_layout(found, path), path, reader, limit=_max_parameter_bytes(found))
     if with_optimizer:
         state = load_optimizer(path)
         if state is not None:
@@ -403,7 +425,7 @@ def load_optimizer(path, *, expected_hash: Optional[str] = None) -> Optional[dic
     sidecar = Path(optim_path(path))
     if not sidecar.exists():
         return None
-    data = _torch_load(sidecar)
+    data = load_object(sidecar)
     if not isinstance(data, dict) or not isinstance(data.get("optimizer_state_dict"), dict):
         raise FileFormatError(sidecar, "is not an optimizer sidecar (no optimizer_state_dict)")
     wanted = expected_hash or shorthash(path)
@@ -413,62 +435,9 @@ def load_optimizer(path, *, expected_hash: Optional[str] = None) -> Optional[dic
     return {**data, "optimizer_name": name if isinstance(name, str) else "AdamW"}
 
 
-# ---------------------------------------------------------------------------------------------- webui check
-class _WebuiUnpickler(pickle.Unpickler):
-    """The webui's RestrictedUnpickler allow-list (A1111-FACTS.md section 11), for checking our own output."""
-
-    _ALLOWED = {
-        ("collections", "OrderedDict"),
-        ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-        ("torch._utils", "_rebuild_device_tensor_from_numpy"),
-        ("torch", "FloatStorage"), ("torch", "HalfStorage"), ("torch", "IntStorage"), ("torch", "LongStorage"),
-        ("torch", "DoubleStorage"), ("torch", "ByteStorage"), ("torch", "BFloat16Storage"), ("torch", "float32"),
-        ("torch.nn.modules.container", "ParameterDict"),
-        ("numpy.core.multiarray", "scalar"), ("numpy.core.multiarray", "_reconstruct"), ("numpy", "dtype"),
-        ("numpy", "ndarray"), ("_codecs", "encode"), ("builtins", "set"),
-    }
-
-    def persistent_load(self, saved_id):
-        if not (isinstance(saved_id, tuple) and saved_id and saved_id[0] == "storage"):
-            raise pickle.UnpicklingError(f"persistent id {saved_id!r} is not a storage")
-        return None
-
-    def find_class(self, module, name):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"global '{module}/{name}' is forbidden")
-        return {("collections", "OrderedDict"): collections.OrderedDict, ("builtins", "set"): set}.get(
-            (module, name), _placeholder)
-
-
-class _Placeholder:
-    """Stands in for a tensor or storage; the check only needs the pickle's structure."""
-
-
-def _placeholder(*args, **kwargs):
-    return _Placeholder()
-
-
 def webui_check(path) -> Optional[str]:
     """None if the webui's restricted loader (safe.py) would accept the file, else the reason it refuses."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            for name in names:
-                if not _WEBUI_MEMBER.match(name):
-                    return f"zip member {name!r} is not allowed"
-            pkl = [n for n in names if n.endswith("/data.pkl")]
-            if len(pkl) != 1:
-                return "expected exactly one data.pkl"
-            with archive.open(pkl[0]) as fh:
-                _WebuiUnpickler(fh).load()
-    except zipfile.BadZipFile:
-        try:
-            with open(path, "rb") as fh:
-                unpickler = _WebuiUnpickler(fh)
-                for _ in range(5):
-                    unpickler.load()
-        except Exception as exc:
-            return str(exc)
-    except Exception as exc:
-        return str(exc)
-    return None
+        return webui_refusal(read_container(path))
+    except HypernetError as exc:
+        return str(exc).split(": ", 1)[-1]

@@ -69,7 +69,7 @@ def test_create_refuses_overwrite_without_flag(tmp_path, capsys):
     (["create", "{d}/a.pt", "--activation", "nope"], "accepted: linear, relu"),
     (["create", "{d}/a.txt"], ".pt or .safetensors"),
     (["info", "{d}/missing.pt"], "not found"),
-    (["check", "{d}/garbage.pt"], "not a readable PyTorch file"),
+    (["check", "{d}/garbage.pt"], "neither a PyTorch (.pt) nor a safetensors file"),
     (["convert", "{d}/garbage.pt", "{d}/x.safetensors"], "garbage.pt"),
     (["frobnicate"], "invalid choice"),
     (["create"], "required"),

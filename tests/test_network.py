@@ -125,6 +125,8 @@ def test_modules_start_frozen_in_eval():
     (dict(activation="swishy"), "activation", "relu"),
     (dict(weight_init="He"), "weight_init", "KaimingUniform"),
     (dict(dims=[768, -1]), "dims", "positive"),
+    (dict(dims=[100000000]), "dims", "up to 16384"),
+    (dict(dims=[8192, 4096], layer_structure=[1, 8, 8, 1]), "layer_structure", "parameters"),
     (dict(dims="768, 76.5"), "dims", "not a number"),
     (dict(dims=[]), "dims", "at least one"),
     (dict(dims=[768, 768]), "dims", "once"),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import hypernet
+from hypernet.errors import UnsafeFileError
 from models import call_unet, tiny_diffusers_unet, tiny_ldm_unet, unet_inputs
 from webui_stub.harness import stub_modules
 
@@ -406,7 +407,7 @@ def test_header_reader_refuses_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({768: ({}, {}), "name": Evil()}, path)
-    with pytest.raises(Exception, match="unexpected global"):
+    with pytest.raises(UnsafeFileError, match="may be malicious .*system"):
         metadata.read(str(path))
 
 

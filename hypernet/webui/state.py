@@ -14,8 +14,10 @@ from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
 from ..attach import Attachment, Compatibility, attach, compatibility, find_attention
+from ..errors import HypernetError
 from ..library import Entry, Library
 from . import metadata as _metadata
+from .messages import log
 from .settings import value
 
 
@@ -42,7 +44,7 @@ class HypernetState:
         self.applied: List[Applied] = []
         self.warnings: List[str] = []
         self._attach_key = None
-        self._facts: Dict[str, Tuple[Tuple[int, int], dict]] = {}
+        self._facts: Dict[str, Tuple[Tuple[int, int], object]] = {}  # path -> (stamp, facts or error)
         self._hashes: Dict[str, Tuple[Tuple[int, int], str]] = {}
         self._sites: Optional[Tuple[weakref.ref, list]] = None
         self.jobs: Dict[str, object] = {}
@@ -160,19 +162,24 @@ class HypernetState:
 
     # ------------------------------------------------------------------------------------------ facts about files
     def describe(self, entry: Entry) -> dict:
-        """Metadata of a file, read from its header (cached while the file is unchanged)."""
+        """Metadata of a file, read without its weights (cached while the file is unchanged).
+
+        A file that would not load raises its HypernetError; the console gets one line for it per change of the
+        file, however often cards are listed."""
         stamp = _stamp(entry.path)
         with self.lock:
             hit = self._facts.get(entry.path)
-            if hit is not None and hit[0] == stamp:
-                return dict(hit[1])
-        try:
-            facts = _metadata.read(entry.path)
-        except Exception:
-            facts = _metadata.from_hypernetwork(self.library.load(entry))  # raises HypernetError if unreadable
-        with self.lock:
-            self._facts[entry.path] = (stamp, facts)
-        return dict(facts)
+        if hit is None or hit[0] != stamp:
+            try:
+                hit = (stamp, _metadata.read(entry.path))
+            except HypernetError as exc:
+                hit = (stamp, exc)
+                log.warning("hypernet: %s", exc)
+            with self.lock:
+                self._facts[entry.path] = hit
+        if isinstance(hit[1], HypernetError):
+            raise hit[1]
+        return dict(hit[1])
 
     def fit(self, facts: dict, unet) -> Optional[Compatibility]:
         """How a file with these facts meets `unet`; None without a model."""
