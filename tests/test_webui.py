@@ -494,3 +494,63 @@ def test_warnings_reach_the_console_when_the_webui_configured_no_logging(webui, 
         log.handlers[:] = before
         log.setLevel(level)
         log.propagate = propagate
+
+
+# ---------------------------------------------------------------------------------------------- the webui's checked torch.load
+def _plain_torch_save(path, seed):
+    """What a script or the webui's own Create button writes on a current torch: torch.save of the webui layout."""
+    hn = hypernet.create(dims=SD1_DIMS, seed=seed, name=path.stem)
+    with torch.no_grad():
+        for p in hn.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
+    state = {dim: tuple(m.state_dict() for m in hn.modules_for(dim)) for dim in hn.dims}
+    torch.save({**state, **hypernet.files.metadata_dict(hn)}, path)
+    return path
+
+
+@pytest.fixture
+def manifest_files(fixtures_dir):
+    return json.loads((fixtures_dir / "manifest.json").read_text())["files"]
+
+
+def test_files_the_webuis_own_loader_refuses_still_apply_inside_it(webui, sd1_unet, fixtures_dir, manifest_files):
+    import shutil
+    plain = _plain_torch_save(webui.folder / "plain_save.pt", seed=6)
+    for name in manifest_files:
+        shutil.copy(fixtures_dir / name, webui.folder / name)
+    webui.shared.sd_model = StandInModel(sd1_unet)
+    webui.start()
+    assert torch.load(plain) is None                       # the stand-in refuses them as safe.py does
+    assert torch.load(webui.folder / "relu_121.pt") is None
+    base = output(sd1_unet)
+    _, tagged = generate(webui, "a cat <hypernet:plain_save:1>", sd1_unet)
+    assert tagged.comments == "" and not torch.equal(tagged.outputs[0], base)
+    _, zero = generate(webui, "a cat <hypernet:plain_save:0>", sd1_unet)
+    assert torch.equal(zero.outputs[0], base)
+    cards = {i["name"]: i["metadata"] for i in webui.ui_extra_networks.extra_pages[1].list_items()}
+    for name, facts in manifest_files.items():
+        assert "error" not in cards[name[:-3]], cards[name[:-3]]
+        assert cards[name[:-3]]["dims"] == facts["dims"]
+    assert cards["plain_save"]["applies"] is True
+
+
+def test_a_malicious_file_is_named_as_such_on_its_card_and_under_the_image(webui, sd1_unet, tmp_path, caplog):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    torch.save({768: ({"linear.0.weight": Evil()}, {}), "name": "evil"}, webui.folder / "evil.pt")
+    webui.shared.sd_model = StandInModel(sd1_unet)
+    webui.start()
+    page = webui.ui_extra_networks.extra_pages[1]
+    caplog.set_level(logging.WARNING, logger="hypernet")
+    for _ in range(3):                                     # start, a refresh, another listing
+        page.refresh()
+        card = next(page.list_items())
+    assert "may be malicious" in card["metadata"]["fit_note"] and "nothing in it ran" in card["metadata"]["error"]
+    _, processed = generate(webui, "<hypernet:evil:1>", sd1_unet)
+    assert "may be malicious" in processed.comments
+    assert not (tmp_path / "ran").exists()
+    lines = [m for m in hypernet_logs(caplog) if "evil.pt" in m]
+    assert 1 <= len(lines) <= 2, lines                     # once for the card, once for the tag: no repeats
+    assert not any(r.exc_info for r in caplog.records), "no tracebacks"

@@ -26,8 +26,11 @@ def stub_modules(tmp_path: Path):
     """Fresh stand-in modules, configured with folders under tmp_path; removed again afterwards."""
     _purge()
     sys.path.insert(0, str(STUB))
+    import torch
+    real_torch_load = torch.load
     try:
         import importlib
+        importlib.import_module("modules.safe")  # the webui's first import: torch.load becomes its checked loader
         paths_internal = importlib.import_module("modules.paths_internal")
         paths_internal.data_path = str(tmp_path / "webui-data")
         paths_internal.models_path = str(tmp_path / "webui-data" / "models")
@@ -39,6 +42,7 @@ def stub_modules(tmp_path: Path):
             "processing", "infotext_utils", "hashes", "call_queue", "errors", "initialize")},
             folder=Path(shared.cmd_opts.hypernetwork_dir), start=start)
     finally:
+        torch.load = real_torch_load
         if "hypernet.webui.state" in sys.modules:
             sys.modules["hypernet.webui.state"].reset_state()
         sys.path.remove(str(STUB))
