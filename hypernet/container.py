@@ -326,7 +326,8 @@ def check_budget(path, container: Container) -> None:
     """Refuse views past their storage, and tensors claiming more elements than the file stores."""
     stored: Dict[str, int] = {}
     claimed = 0
-    unique = {id(ref): ref for ref in container.refs()}  # the pickle memo may list one tensor several times
+    # One view listed several times (the pickle memo, or k and v saved from the same tensors) is stored once.
+    unique = {(ref.storage.key, ref.offset, ref.shape, ref.stride): ref for ref in container.refs()}
     for ref in unique.values():
         if any(s < 0 for s in ref.shape) or any(s < 0 for s in ref.stride) or ref.offset < 0:
             raise FileFormatError(path, f"a tensor has a negative size, stride or offset {list(ref.shape)}")
