@@ -57,11 +57,27 @@ def options_from_args(cls, args: argparse.Namespace, **fixed):
     return cls(**given)
 
 
+def _existing_folder(path: Path) -> None:
+    """HypernetError unless the folder `path` goes into exists: a mistyped folder is never created silently."""
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist; create it first"
+        raise HypernetError(f"folder {folder} {what}")
+
+
+def _refuse_overwrite(output, source, overwrite: bool) -> None:
+    """HypernetError naming `output` when it would replace a file other than `source` (the one being continued)."""
+    from .train import replaces_other_file
+    if not overwrite and replaces_other_file(output, source):
+        raise HypernetError(f"{output}: already exists; add --overwrite to replace it, or choose another --output")
+
+
 def _cmd_create(args) -> int:
     from . import from_options
     out = Path(args.output)
     if out.suffix.lower() not in (".pt", ".safetensors"):
         raise HypernetError(f"{out}: output must end in .pt or .safetensors")
+    _existing_folder(out)
     if out.exists() and not args.overwrite:
         raise HypernetError(f"{out}: already exists; add --overwrite to replace it")
     fixed = {} if args.name is not None else {"name": out.stem}
@@ -144,31 +160,59 @@ def _cmd_check(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    import torch
+def _check_images(options) -> None:
+    """HypernetError unless the data folder exists and holds images (before any model loads)."""
+    from .data import IMAGE_EXTENSIONS, scan_images
+    if not options.data:
+        raise HypernetError("--data: give the folder of training images")
+    try:
+        images, _ = scan_images(options.data, options.recursive)
+    except HypernetError as exc:
+        raise HypernetError(f"--data: {exc}") from None
+    if not images:
+        raise HypernetError(f"--data: {options.data} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+                            + ("" if options.recursive else "; add --recursive to read sub-folders"))
+
+
+def _train_plan(args):
+    """(TrainOptions, CreateOptions or None when continuing) from the flags, every one checked before a model loads;
+    a new file's dims are a stand-in until the model's widths are known."""
     from .config import TrainOptions
-    from .hosts.diffusers import DiffusersHost, load_pipeline
-    from .train import Trainer
     create_given = [f.name for f in dataclasses.fields(CreateOptions)
                     if f.name != "name" and getattr(args, f.name) is not None]
     if args.hypernetwork and create_given:
         raise HypernetError(f"--hypernetwork continues an existing file; drop the creation flags "
                             f"({', '.join(_flag(n) for n in create_given)}) or train a new one without it")
     options = options_from_args(TrainOptions, args)
-    if not options.data:
-        raise HypernetError("--data: give the folder of training images")
+    _check_images(options)
+    if args.hypernetwork:
+        if args.name is not None:
+            CreateOptions(name=args.name)  # checks the name
+        return options, None
+    fixed = {} if args.dims is not None else {"dims": [768]}
+    if args.name is None:
+        fixed["name"] = Path(options.data).resolve().name or "hypernetwork"
+    return options, options_from_args(CreateOptions, args, **fixed)
+
+
+def _cmd_train(args) -> int:
+    from .train import Trainer, output_path
+    options, create = _train_plan(args)
+    name = create.name if create is not None else args.name
+    if name:  # a continued file without --name is named by its contents: checked once it is read
+        _refuse_overwrite(output_path(options, name), args.hypernetwork, options.overwrite)
+    import torch
+    from .hosts.diffusers import DiffusersHost, load_pipeline
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or (
         "fp32" if device == "cpu" else "fp16")]
     pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind)
     host = DiffusersHost(pipe, device=device, dtype=dtype)
-    create = None
-    if not args.hypernetwork:
-        fixed = {} if args.dims is not None else {"dims": host.model_dims()}
-        if args.name is None:
-            fixed["name"] = Path(options.data).resolve().name or "hypernetwork"
-        create = options_from_args(CreateOptions, args, **fixed)
+    if create is not None and args.dims is None:
+        create = create.replace(dims=host.model_dims())
     trainer = Trainer(host, options, args.hypernetwork, create, name=args.name if args.hypernetwork else None)
+    if not name:
+        _refuse_overwrite(trainer.output, trainer.source_path, options.overwrite)
     result = trainer.run()
     if result.stopped == "already-done":
         print(f"{trainer.name} is already at step {result.step} of {options.steps}; nothing to do")
@@ -200,7 +244,8 @@ def _cmd_ui(args) -> int:
         raise HypernetError("the ui needs gradio: pip install -e \".[ui]\" (or pip install gradio)") from None
     from .standalone import serve
     print(f"hypernet ui on http://{args.host}:{args.port} (Ctrl-C stops it)")
-    serve(args.model, args.hypernetworks, args.log_dir, host=args.host, port=args.port, open_browser=args.open)
+    serve(args.model, args.hypernetworks, args.log_dir, host=args.host, port=args.port, open_browser=args.open,
+          allow_any_path=args.allow_any_path)
     return 0
 
 
@@ -250,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7861, help="port (default: 7861)")
     p.add_argument("--open", action="store_true", help="open a browser tab")
+    p.add_argument("--allow-any-path", action="store_true",
+                   help="let the Train tab write outside --hypernetworks (output) and --log-dir (log and latent "
+                        "cache folders)")
     p.set_defaults(func=_cmd_ui)
 
     p = sub.add_parser("check", help="load a file safely; exit 2 with the reason if it is refused")

@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from . import compat
 from .config import ACTIVATIONS, MAX_WIDTH, WEIGHT_INITS, CreateOptions, parse_dropout_structure
 from .container import (Reader, TensorRef, brief, load_object, parse_json, read as read_container,
                         webui_refusal)
@@ -120,7 +121,9 @@ def metadata_dict(hn: Hypernetwork) -> dict:
         "sd_checkpoint": hn.sd_checkpoint,
         "sd_checkpoint_name": hn.sd_checkpoint_name,
         "activate_output": bool(c.activate_output),
-        "use_dropout": bool(c.use_dropout),
+        # The webui takes dropout_structure over use_dropout; ComfyUI reads only use_dropout and never turns
+        # dropout off, so True would make its images flicker. False changes nothing in the webui.
+        "use_dropout": False,
         "dropout_structure": [float(v) for v in ds],
         "last_layer_dropout": bool(len(ds) >= 2 and ds[-2] != 0),
         "optional_info": hn.optional_info or None,
@@ -398,18 +401,33 @@ def _layout(found, path) -> dict:
     return _safetensors_object(found, path) if found.kind == "safetensors" else found.obj
 
 
+def _with_readers(hn: Hypernetwork, found, obj: dict) -> Hypernetwork:
+    """Record which other loaders read this file identically (hn.readers), from what the file itself stores."""
+    fmt = "safetensors" if found.kind == "safetensors" else "pt"
+    stored = {k: v for k, v in obj.items() if isinstance(k, str)}
+    hn.readers = compat.readers(fmt, stored, webui_refusal(found) if fmt == "pt" else None)
+    return hn
+
+
+def readers_of(hn: Hypernetwork, fmt: str) -> dict:
+    """Which other loaders would read `hn` identically once saved by us as `fmt` ("pt" or "safetensors")."""
+    return compat.readers(fmt, metadata_dict(hn), None)
+
+
 def inspect(path) -> Hypernetwork:
     """A file's hypernetwork with its weights left unread (meta device): every check but finiteness, at once."""
     found = _container(path)
-    return hypernetwork_from_state(_layout(found, path), Path(path), limit=_max_parameter_bytes(found))
+    obj = _layout(found, path)
+    return _with_readers(hypernetwork_from_state(obj, Path(path), limit=_max_parameter_bytes(found)), found, obj)
 
 
 def load(path, *, with_optimizer: bool = False) -> Hypernetwork:
     """Read a hypernetwork from .pt (webui or NovelAI layout) or .safetensors; never runs code from the file."""
     path = Path(path)
     found = _container(path)
+    obj = _layout(found, path)
     with Reader(found) as reader:
-        hn = hypernetwork_from_state(_layout(found, path), path, reader, limit=_max_parameter_bytes(found))
+        hn = _with_readers(hypernetwork_from_state(obj, path, reader, limit=_max_parameter_bytes(found)), found, obj)
     if with_optimizer:
         state = load_optimizer(path)
         if state is not None:

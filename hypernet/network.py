@@ -75,6 +75,7 @@ class Hypernetwork(nn.Module):
         self.sd_checkpoint_name = sd_checkpoint_name
         self.optional_info = optional_info
         self.filename: Optional[str] = None
+        self.readers: Optional[dict] = None   # set by files.load/inspect: which other loaders read the file identically
         self.optimizer_name: Optional[str] = None
         self.optimizer_state_dict: Optional[dict] = None
         self.optimizer_extra: dict = {}

@@ -2,13 +2,18 @@
 
 The tabs are the same code the webui extension shows (hypernet/webui/tabs.py, which never imports the webui).
 Generation and training share one lock, so an image is never drawn while the trainer has the UNet hooked.
+Training writes stay inside the hypernetwork and log folders unless started with allow_any_path (--allow-any-path).
+Only the UI's own pages may call it: gradio's allow-every-origin CORS middleware is replaced by SameOriginOnly, which
+answers 403 to any request (websockets included) whose Origin header names another site.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import threading
 from typing import List, Optional
+from urllib.parse import urlsplit
 
 from .errors import HypernetError, TagError
 from .tags import format_tag, parse
@@ -16,14 +21,88 @@ from .webui.state import Applied, HypernetState
 
 GENERATE_DEFAULTS = {"steps": 20, "cfg_scale": 5.0, "seed": 0}
 QUEUE_WORKERS = 4
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+ALL_INTERFACES = ("", "0.0.0.0", "::")
+
+
+class SameOriginOnly:
+    """ASGI middleware: 403 for an HTTP or websocket request whose Origin is not the UI's own address."""
+
+    def __init__(self, app, host: str, port: int):
+        self.app, self.host, self.port = app, host, int(port)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            headers = dict(scope.get("headers") or [])
+            origin = headers.get(b"origin")
+            if origin is not None and not same_origin(origin.decode("latin-1"), self.host, self.port,
+                                                      headers.get(b"host", b"").decode("latin-1")):
+                return await _refuse(scope, send)
+        await self.app(scope, receive, send)
+
+
+def same_origin(origin: str, host: str, port: int, host_header: str = "") -> bool:
+    """Whether a request's Origin is the UI served on host:port (localhost and 127.0.0.1 count as one; served on
+    every interface, the name the request was sent to)."""
+    try:
+        parsed = urlsplit(origin.strip())
+        origin_port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:
+        return False
+    if parsed.scheme != "http" or origin_port != port or not parsed.hostname:
+        return False
+    names = {host.strip("[]").lower()}
+    if names & set(LOOPBACK_NAMES + ALL_INTERFACES):
+        names |= set(LOOPBACK_NAMES)
+    if host in ALL_INTERFACES and host_header:
+        names.add(urlsplit(f"//{host_header}").hostname or "")
+    return parsed.hostname.lower() in names
+
+
+async def _refuse(scope, send) -> None:
+    if scope["type"] == "websocket":  # closing before accepting answers the handshake with 403
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = b"cross-origin request refused: only the hypernet UI's own pages may call it"
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 403, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def same_origin_app(app, host: str, port: int):
+    """A gradio FastAPI app with its CORS middleware (allow every origin) replaced by SameOriginOnly."""
+    app.user_middleware = [m for m in app.user_middleware if "CORS" not in getattr(m.cls, "__name__", "")]
+    app.add_middleware(SameOriginOnly, host=host, port=port)
+    return app
+
+
+@contextlib.contextmanager
+def same_origin_apps(host: str, port: int):
+    """While it lasts, every app gradio creates (gradio.routes.App.create_app, what launch() serves in gradio 3
+    and 4) is a same_origin_app, secured before it answers its first request."""
+    from gradio import routes
+    saved = routes.App.__dict__["create_app"]
+    create = routes.App.create_app
+
+    def create_app(*args, **kwargs):
+        return same_origin_app(create(*args, **kwargs), host, port)
+
+    routes.App.create_app = staticmethod(create_app)
+    try:
+        yield
+    finally:
+        routes.App.create_app = saved
 
 
 class StandaloneState(HypernetState):
-    """The extension's state over a folder of files and one diffusers pipeline instead of the webui's model."""
+    """The extension's state over a folder of files and one diffusers pipeline instead of the webui's model; training
+    writes stay in `folder` and `log_folder` unless `allow_any_path`."""
 
-    def __init__(self, folder: str, pipe):
+    def __init__(self, folder: str, pipe, log_folder: str = "logs", allow_any_path: bool = False):
         super().__init__(os.path.abspath(folder))
         self.pipe = pipe
+        self.log_folder = os.path.abspath(log_folder)
+        self.allow_any_path = allow_any_path
 
     def loaded_model(self, load: bool = False):
         return self.pipe
@@ -36,15 +115,15 @@ class StandaloneState(HypernetState):
 class Studio:
     """The standalone app: state, a lock shared by generation and training, and the gradio Blocks."""
 
-    def __init__(self, pipe, folder: str, log_dir: str, size: Optional[int] = None):
+    def __init__(self, pipe, folder: str, log_dir: str, size: Optional[int] = None, allow_any_path: bool = False):
         from .hosts.diffusers import DiffusersHost
         from .webui.training import LocalRuntime
         os.makedirs(folder, exist_ok=True)
         self.pipe = pipe
-        self.state = StandaloneState(folder, pipe)
+        self.state = StandaloneState(folder, pipe, log_dir, allow_any_path)
         self.lock = threading.Lock()
         self.runtime = LocalRuntime(lambda: DiffusersHost(pipe), lock=self.lock, on_finished=self.state.refresh)
-        self.log_dir = log_dir
+        self.log_dir = self.state.log_folder
         self.size = size or int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
 
     # ------------------------------------------------------------------------------------------ generation
@@ -147,8 +226,11 @@ class Studio:
             blocks.queue(concurrency_count=QUEUE_WORKERS)
         else:
             blocks.queue(default_concurrency_limit=QUEUE_WORKERS)
-        blocks.launch(server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=not block,
-                      show_api=False)
+        with same_origin_apps(host, port):
+            blocks.launch(server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=True,
+                          show_api=False)
+        if block:
+            blocks.block_thread()
         return blocks
 
     def _refresh_all(self, gr):
@@ -187,15 +269,17 @@ class Studio:
 
 
 def serve(model: Optional[str] = None, folder: str = "models/hypernetworks", log_dir: str = "logs",
-          host: str = "127.0.0.1", port: int = 7861, open_browser: bool = False, block: bool = True):
-    """Load the model (the built-in tiny one by default), build the app and serve it; returns (studio, blocks)."""
+          host: str = "127.0.0.1", port: int = 7861, open_browser: bool = False, block: bool = True,
+          allow_any_path: bool = False):
+    """Load the model (the built-in tiny one by default), build the app and serve it; returns (studio, blocks).
+    `allow_any_path`: training may write outside `folder` and `log_dir`."""
     if model:
         from .hosts.diffusers import load_pipeline
         pipe = load_pipeline(model)
     else:
         from .tiny import load_pipeline as tiny_pipeline
         pipe = tiny_pipeline()
-    studio = Studio(pipe, folder, log_dir)
+    studio = Studio(pipe, folder, log_dir, allow_any_path=allow_any_path)
     return studio, studio.launch(host, port, open_browser, block)
 
 

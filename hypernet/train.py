@@ -84,6 +84,18 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def output_path(options: TrainOptions, name: str) -> Path:
+    """Where a run's final file goes: the output option, else <log_dir>/<name>.pt."""
+    return Path(options.output) if options.output else Path(options.log_dir) / f"{name}.pt"
+
+
+def replaces_other_file(output, source=None) -> bool:
+    """Whether saving to `output` would replace an existing file other than `source`, the file being continued."""
+    if not os.path.exists(output):
+        return False
+    return source is None or not os.path.exists(source) or not os.path.samefile(output, source)
+
+
 def build_optimizer(name: str, params, opts: TrainOptions, lr: float) -> torch.optim.Optimizer:
     """The optimizer named in the options, with the configured decay and betas."""
     params = list(params)
@@ -210,7 +222,7 @@ class Trainer:
                               if options.clip_grad_mode != "disabled" else None)
         today = _dt.date.today().isoformat()
         self.run_dir = Path(options.log_dir) / today / self.name
-        self.output = Path(options.output) if options.output else Path(options.log_dir) / f"{self.name}.pt"
+        self.output = output_path(options, self.name)
         self._cond_cache: "dict[str, object]" = {}
         self.optimizer = self.scaler = self.batches = self.board = self.bar = None
         self._loss_rows: list = []

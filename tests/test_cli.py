@@ -64,6 +64,73 @@ def test_create_refuses_overwrite_without_flag(tmp_path, capsys):
     assert hypernet.load(out).dims == [16]
 
 
+def test_create_refuses_a_missing_folder(tmp_path, capsys):
+    missing = tmp_path / "typo" / "deeper"
+    assert main(["create", str(missing / "x.pt"), "--dims", "8"]) == 2
+    err = capsys.readouterr().err
+    assert f"folder {missing} does not exist; create it first" in err
+    assert not (tmp_path / "typo").exists()
+
+
+class ModelLoaded(Exception):
+    """What the stand-in model loader raises: reaching it means every earlier check passed."""
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    import hypernet.hosts.diffusers
+
+    def load_pipeline(*args, **kwargs):
+        raise ModelLoaded(args)
+
+    monkeypatch.setattr(hypernet.hosts.diffusers, "load_pipeline", load_pipeline)
+
+
+@pytest.fixture
+def images(tmp_path):
+    from PIL import Image
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(folder / "red.png")
+    return folder
+
+
+def test_train_checks_name_and_data_before_loading_a_model(no_model, images, tmp_path, capsys):
+    train = ["train", "--model", str(tmp_path / "model"), "--log-dir", str(tmp_path / "logs")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.md").write_text("no images here")
+    for extra, words in ((["--data", str(tmp_path / "nowhere")], "not found"),
+                         (["--data", str(empty)], "no images"),
+                         ([], "--data"),
+                         (["--data", str(images), "--name", "a/b"], "name"),
+                         (["--data", str(images), "--name", "none"], "reserved"),
+                         (["--data", str(images), "--hypernetwork", str(images / "red.png"), "--name", "x:y"], "name")):
+        assert main(train + extra) == 2, extra
+        assert words in capsys.readouterr().err, extra
+    with pytest.raises(ModelLoaded):                          # good flags get as far as the model
+        main(train + ["--data", str(images), "--name", "fine"])
+
+
+def test_train_refuses_to_replace_an_output_without_overwrite(no_model, images, tmp_path, capsys):
+    out = tmp_path / "taken.pt"
+    hypernet.create(dims=[8], name="taken").save(out)
+    before = out.read_bytes()
+    train = ["train", "--model", str(tmp_path / "model"), "--data", str(images), "--log-dir", str(tmp_path / "logs")]
+    assert main(train + ["--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "already exists" in err and "--overwrite" in err
+    (tmp_path / "logs").mkdir()
+    default = tmp_path / "logs" / "images.pt"                 # <log_dir>/<name>.pt when no --output
+    default.write_bytes(b"an older run")
+    assert main(train) == 2 and str(default) in capsys.readouterr().err
+    assert out.read_bytes() == before and default.read_bytes() == b"an older run"
+    for allowed in (["--output", str(out), "--overwrite"],                     # the flag
+                    ["--output", str(out), "--hypernetwork", str(out)]):      # continuing a file into itself
+        with pytest.raises(ModelLoaded):
+            main(train + allowed)
+
+
 @pytest.mark.parametrize("args,words", [
     (["create", "{d}/a.pt", "--layer-structure", "1, 2"], "layer_structure"),
     (["create", "{d}/a.pt", "--activation", "nope"], "accepted: linear, relu"),

@@ -216,6 +216,93 @@ def test_standalone_serves_on_loopback(studio, free_port):
         blocks.close()
 
 
+def _request(port, method="GET", path="/config", **headers):
+    """(status, headers) of one request with exactly these headers."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+
+
+def _websocket_status(port, origin):
+    """The status line's code for a websocket handshake on the queue with this Origin."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall((f"GET /queue/join HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      f"Sec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n").encode())
+        return int(sock.recv(1024).split(b" ", 2)[1])
+
+
+def test_standalone_refuses_requests_from_other_sites(studio, free_port):
+    port = free_port()
+    blocks = studio.launch("127.0.0.1", port, block=False)
+    try:
+        for origin in ("http://evil.example", f"http://evil.example:{port}", "http://127.0.0.1:1", "null",
+                       f"https://127.0.0.1:{port}"):
+            for method in ("GET", "POST", "OPTIONS"):
+                status, headers = _request(port, method, Origin=origin, **{"Access-Control-Request-Method": "POST"})
+                assert status == 403, (origin, method, status)
+                assert "access-control-allow-origin" not in headers, (origin, method, headers)
+        assert _websocket_status(port, "http://evil.example") == 403
+        for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", None):
+            status, headers = _request(port, **({"Origin": origin} if origin else {}))
+            assert status == 200, origin
+            assert headers.get("access-control-allow-origin") != "*", headers
+        assert _websocket_status(port, f"http://localhost:{port}") == 101
+    finally:
+        blocks.close()
+
+
+def test_same_origin_rule():
+    from hypernet.standalone import same_origin
+    assert same_origin("http://127.0.0.1:7861", "127.0.0.1", 7861)
+    assert same_origin("http://localhost:7861", "127.0.0.1", 7861)
+    assert same_origin("http://[::1]:7861", "localhost", 7861)
+    assert same_origin("http://box.lan:7861", "0.0.0.0", 7861, "box.lan:7861")   # every interface: the name used
+    assert same_origin("http://pc:80", "pc", 80) and same_origin("http://pc", "pc", 80)
+    assert not same_origin("http://localhost:7862", "127.0.0.1", 7861)
+    assert not same_origin("https://localhost:7861", "127.0.0.1", 7861)
+    assert not same_origin("http://evil.example:7861", "127.0.0.1", 7861, "evil.example:7861")  # DNS rebinding
+    assert not same_origin("null", "127.0.0.1", 7861) and not same_origin("http://x:port", "x", 7861)
+
+
+def test_standalone_train_tab_keeps_writes_in_its_folders(pipe, tmp_path, style_data):
+    from hypernet.standalone import Studio
+    from hypernet.webui import tabs
+    studio = Studio(pipe, str(tmp_path / "hypernetworks"), str(tmp_path / "logs"))
+    panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
+    outside = tmp_path / "outside"
+    for field, value_ in (("output", str(outside / "x.pt")), ("log_dir", str(outside)), ("output", "../x.pt"),
+                          ("latent_cache_dir", "../cache")):
+        [(html, _, _)] = list(tabs.train_click(panel, *_train_values(studio, "x", style_data, **{field: value_})))
+        assert "Error" in html and f"{field}:" in html and "outside the" in html and "--allow-any-path" in html
+    existing = tmp_path / "hypernetworks" / "taken.pt"
+    hypernet.create(dims=[32], name="taken").save(existing)
+    before = existing.read_bytes()
+    [(html, _, _)] = list(tabs.train_click(panel, *_train_values(studio, "x", style_data, output="taken.pt")))
+    assert "already exists" in html and "overwrite" in html
+    assert existing.read_bytes() == before and studio.state.jobs == {} and not outside.exists()
+    free = Studio(pipe, str(tmp_path / "hypernetworks"), str(tmp_path / "logs"), allow_any_path=True)
+    from hypernet.webui import actions
+    assert actions.any_path_allowed(free.state) and not actions.any_path_allowed(studio.state)
+    assert actions.confined(free.state.folder(), str(outside), "output", "hypernetwork folder", True) == str(outside)
+
+
+def test_ui_command_passes_allow_any_path(monkeypatch):
+    import hypernet.standalone
+    from hypernet.cli import main
+    seen = {}
+    monkeypatch.setattr(hypernet.standalone, "serve", lambda *a, **kw: seen.update(kw))
+    assert main(["ui", "--port", "1"]) == 0 and seen["allow_any_path"] is False
+    assert main(["ui", "--port", "1", "--allow-any-path"]) == 0 and seen["allow_any_path"] is True
+
+
 def test_ui_command_explains_a_missing_gradio(monkeypatch, capsys):
     import builtins
     from hypernet.cli import main

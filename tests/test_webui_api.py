@@ -192,6 +192,96 @@ def test_train_input_errors_name_the_field(webui, data_dir):
     assert r.status_code == 409
 
 
+# ---------------------------------------------------------------------------------------------- where training writes
+def _log_folder():
+    from hypernet.webui.actions import default_log_dir
+    return Path(default_log_dir())
+
+
+def test_train_writes_outside_the_folders_are_refused_naming_the_field(webui, data_dir, tmp_path):
+    import os
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, webui.folder / "link")
+    _log_folder().mkdir(parents=True, exist_ok=True)
+    os.symlink(outside, _log_folder() / "link")
+    cases = [
+        ({"output": str(outside / "x.pt")}, "output"),
+        ({"output": "../x.pt"}, "output"),                                  # .. out of the hypernetwork folder
+        ({"output": "sub/../../x.pt"}, "output"),
+        ({"output": "link/x.pt"}, "output"),                                # a symlink out of it
+        ({"log_dir": str(outside)}, "log_dir"),
+        ({"log_dir": "../.."}, "log_dir"),
+        ({"log_dir": "link"}, "log_dir"),
+        ({"latent_cache_dir": str(outside / "cache")}, "latent_cache_dir"),
+        ({"latent_cache_dir": "../cache"}, "latent_cache_dir"),
+        ({"latent_cache_dir": "link/cache"}, "latent_cache_dir"),
+        ({"output": str(_log_folder() / "x.pt")}, "output"),                # the log folder is not for output
+    ]
+    for extra, field in cases:
+        r = webui.client.post(f"{API}/train", json=train_body(data_dir, name="escape", **extra))
+        assert r.status_code == 403 and field_of(r) == field, (extra, r.status_code, r.text)
+        assert "outside the" in r.text and "Allow the UI/API to write outside" in r.text, r.text
+    from hypernet.webui.state import get_state
+    assert get_state().jobs == {} and list(outside.iterdir()) == []          # nothing started, nothing written
+    assert not (tmp_path / "x.pt").exists() and not (webui.folder.parent / "x.pt").exists()
+
+
+def test_relative_paths_start_in_their_folders(webui, sd_model, data_dir):
+    webui.shared.sd_model = sd_model
+    r = webui.client.post(f"{API}/train", json=train_body(data_dir, name="rel", output="sub/rel.pt", log_dir="runs",
+                                                         latent_cache_dir="cache"))
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["output"] == str(webui.folder / "sub" / "rel.pt") and job["log_dir"] == str(_log_folder() / "runs")
+    assert wait(webui.client, job["job_id"])["state"] == "completed"
+    assert hypernet.load(webui.folder / "sub" / "rel.pt").step == 2
+    assert list((_log_folder() / "cache").iterdir())                         # the latent cache went there
+
+
+def test_the_setting_lets_training_write_anywhere(webui, sd_model, data_dir, tmp_path):
+    webui.shared.sd_model = sd_model
+    out, logs = tmp_path / "elsewhere" / "free.pt", tmp_path / "elsewhere-logs"
+    body = train_body(data_dir, name="free", output=str(out), log_dir=str(logs))
+    assert webui.client.post(f"{API}/train", json=body).status_code == 403
+    webui.shared.opts.hypernet_allow_any_path = True
+    r = webui.client.post(f"{API}/train", json=body)
+    assert r.status_code == 200, r.text
+    assert wait(webui.client, r.json()["job_id"])["state"] == "completed"
+    assert hypernet.load(out).step == 2 and list(logs.glob("*/free/hypernetwork_loss.csv"))
+
+
+def test_replacing_another_file_needs_overwrite_but_continuing_in_place_does_not(webui, sd_model, data_dir):
+    webui.shared.sd_model = sd_model
+    make(webui.folder, "other.pt")
+    make(webui.folder, "mine.pt")
+    before = (webui.folder / "other.pt").read_bytes()
+    for body in (train_body(data_dir, name="new", output="other.pt"),
+                 train_body(data_dir, name="new", output=str(webui.folder / "other.pt")),
+                 train_body(data_dir, hypernetwork="mine", output="other.pt")):
+        r = webui.client.post(f"{API}/train", json=body)
+        assert r.status_code == 409 and field_of(r) == "overwrite" and "other.pt already exists" in r.text, r.text
+    assert (webui.folder / "other.pt").read_bytes() == before
+
+    r = webui.client.post(f"{API}/train", json=train_body(data_dir, name="new", output="other.pt", overwrite=True))
+    assert r.status_code == 200, r.text
+    assert wait(webui.client, r.json()["job_id"])["state"] == "completed"
+    replaced = hypernet.load(webui.folder / "other.pt")
+    assert (webui.folder / "other.pt").read_bytes() != before and replaced.name == "new" and replaced.step == 2
+
+    for body in (train_body(data_dir, hypernetwork="mine", steps=1),                  # its own file, by default
+                 train_body(data_dir, hypernetwork="mine", steps=2, output="mine.pt")):  # or named
+        r = webui.client.post(f"{API}/train", json=body)
+        assert r.status_code == 200, r.text
+        assert wait(webui.client, r.json()["job_id"])["state"] == "completed"
+    assert hypernet.load(webui.folder / "mine.pt").step == 2
+
+    r = webui.client.post(f"{API}/train", json=train_body(data_dir, name="mine", overwrite=True, steps=1))
+    assert r.status_code == 200, r.text                       # a new file over an old one of that name, with the flag
+    assert wait(webui.client, r.json()["job_id"])["state"] == "completed"
+    assert hypernet.load(webui.folder / "mine.pt").step == 1
+
+
 def test_training_waits_for_the_generation_queue(webui, sd_model, data_dir):
     webui.shared.sd_model = sd_model
     with webui.call_queue.queue_lock:                        # an image is being generated

@@ -1,8 +1,12 @@
 """Create a file and start a training job from loosely typed fields: what the API, the tabs and the standalone UI do.
 
 Fields come as strings, numbers or lists (from JSON or gradio components); the option dataclasses check them and
-name the field in every error. Failures raise ActionError with an HTTP-like status (422 bad value, 409 conflict,
-400 other) so the API answers like FastAPI and the tabs show one line.
+name the field in every error. Failures raise ActionError with an HTTP-like status (422 bad value, 403 a path outside
+the folders a UI may write to, 409 conflict, 400 other) so the API answers like FastAPI and the tabs show one line.
+
+Where training writes is confined: `output` must lie in the hypernetwork folder, `log_dir` and `latent_cache_dir` in
+the log folder (relative paths start there; `..` and symlinks are resolved before the check), unless the setting
+"Allow the UI/API to write outside the hypernetwork and log folders" (or the standalone UI's --allow-any-path) is on.
 """
 from __future__ import annotations
 
@@ -41,6 +45,36 @@ def default_log_dir() -> str:
     except (ImportError, AttributeError):
         base = os.getcwd()
     return os.path.join(base, "textual_inversion")
+
+
+def log_folder(state) -> str:
+    """The folder training runs must stay in: the state's own (standalone UI: --log-dir), else default_log_dir()."""
+    return getattr(state, "log_folder", None) or default_log_dir()
+
+
+def any_path_allowed(state) -> bool:
+    """Whether a UI/API request may write outside the hypernetwork and log folders (setting or --allow-any-path)."""
+    return bool(getattr(state, "allow_any_path", False)) or bool(value("allow_any_path"))
+
+
+def _within(folder: str, path: str) -> bool:
+    folder, path = os.path.normcase(folder), os.path.normcase(path)
+    try:
+        return os.path.commonpath([folder, path]) == folder
+    except ValueError:  # another drive
+        return False
+
+
+def confined(folder: str, path: str, field: str, what: str, allow: bool) -> str:
+    """`path` resolved (realpath; a relative one starts in `folder`); 403 naming `field` when it leaves `folder`
+    and writing elsewhere is not allowed."""
+    base = os.path.realpath(folder)
+    resolved = os.path.realpath(os.path.join(base, str(path)))
+    if allow or _within(base, resolved):
+        return resolved
+    raise ActionError(403, field, f"{field}: {path} is outside the {what} {base}; give a path inside it (a relative "
+                                  "path starts there), or turn on the setting \"Allow the UI/API to write outside the "
+                                  "hypernetwork and log folders\" (standalone UI: start it with --allow-any-path)")
 
 
 def save_format(requested: Optional[str]) -> str:
@@ -112,16 +146,8 @@ def _refuse_if_running(state) -> None:
         raise ActionError(409, None, f"training job {job.job_id} is still running; interrupt it or wait")
 
 
-def start_training(state, fields: dict, runtime=None):
-    """Start a TrainJob from TrainOptions fields plus `hypernetwork` (a file to continue) or CreateOptions fields
-    with `name` (a new file), `overwrite` and `format`. None values mean the default. Returns the started job."""
-    from .training import TrainJob
-    fields = {k: v for k, v in fields.items() if v is not None}
-    source = fields.pop("hypernetwork", None)
-    overwrite = bool(fields.pop("overwrite", False))
-    fmt = save_format(fields.pop("format", None))
-    create_fields = {k: fields.pop(k) for k in CREATE_FIELDS if k in fields}
-    _refuse_if_running(state)
+def _check_request(source, create_fields: dict, fields: dict) -> None:
+    """422 unless the request names either a file to continue or a new one, and an existing data folder."""
     if source and create_fields:
         raise ActionError(422, "hypernetwork", "hypernetwork: give either an existing hypernetwork to continue or "
                                                f"the fields of a new one ({', '.join(create_fields)}), not both")
@@ -133,28 +159,63 @@ def start_training(state, fields: dict, runtime=None):
         raise ActionError(422, "data", "data: the folder of training images is required")
     if not os.path.isdir(str(data)):
         raise ActionError(422, "data", f"data: {data} is not a folder")
-    if not fields.get("log_dir"):
-        fields["log_dir"] = default_log_dir()
-    if source:
-        try:
-            entry = state.resolve(str(source))
-        except NotFoundError as exc:
-            raise ActionError(422, "hypernetwork", f"hypernetwork: {exc}") from None
-        name, hypernetwork = entry.name, entry.path
-        if not fields.get("output"):
-            fields["output"] = entry.path
-    else:
-        try:  # validated now (dims are the model's when not given, known only once the job runs)
-            CreateOptions(**{"dims": [768], **create_fields})
-        except ConfigError as exc:
-            raise _config_error(exc) from None
-        name, hypernetwork = str(create_fields["name"]).strip(), None
-        if not fields.get("output"):
-            fields["output"] = target_path(state, name, fmt, overwrite)
+
+
+def _train_options(fields: dict) -> TrainOptions:
     try:
-        options = TrainOptions(**fields)
+        return TrainOptions(**fields)
     except ConfigError as exc:
         raise _config_error(exc) from None
+
+
+def _source(state, source: str):
+    """(name, path) of the file to continue; 422 if it is not in the folder."""
+    try:
+        entry = state.resolve(str(source))
+    except NotFoundError as exc:
+        raise ActionError(422, "hypernetwork", f"hypernetwork: {exc}") from None
+    return entry.name, entry.path
+
+
+def _new_name(create_fields: dict) -> str:
+    try:  # validated now (dims are the model's when not given, known only once the job runs)
+        CreateOptions(**{"dims": [768], **create_fields})
+    except ConfigError as exc:
+        raise _config_error(exc) from None
+    return str(create_fields["name"]).strip()
+
+
+def _placed(state, options: TrainOptions, name: str, fmt: str, source: Optional[str]) -> TrainOptions:
+    """The options with output, log_dir and latent_cache_dir resolved inside their folders (403 outside), and the
+    output refused (409) if it would replace another file without overwrite; continuing writes into the source."""
+    from ..train import replaces_other_file
+    allow, logs = any_path_allowed(state), log_folder(state)
+    log_dir = confined(logs, options.log_dir, "log_dir", "log folder", allow)
+    cache = options.latent_cache_dir and confined(logs, options.latent_cache_dir, "latent_cache_dir", "log folder",
+                                                  allow)
+    if options.output:
+        output = confined(state.folder(), options.output, "output", "hypernetwork folder", allow)
+        if not options.overwrite and replaces_other_file(output, source):
+            raise ActionError(409, "overwrite", f"{output} already exists; choose another output or allow "
+                                                "overwriting (overwrite)")
+    else:
+        output = source or target_path(state, name, fmt, options.overwrite)
+    return options.replace(output=output, log_dir=log_dir, latent_cache_dir=cache)
+
+
+def start_training(state, fields: dict, runtime=None):
+    """Start a TrainJob from TrainOptions fields plus `hypernetwork` (a file to continue) or CreateOptions fields
+    with `name` (a new file) and `format`. None values mean the default. Returns the started job."""
+    from .training import TrainJob
+    fields = {k: v for k, v in fields.items() if v is not None}
+    source = fields.pop("hypernetwork", None)
+    fmt = save_format(fields.pop("format", None))
+    create_fields = {k: fields.pop(k) for k in CREATE_FIELDS if k in fields}
+    _refuse_if_running(state)
+    _check_request(source, create_fields, fields)
+    options = _train_options({**fields, "log_dir": fields.get("log_dir") or log_folder(state)})
+    name, hypernetwork = _source(state, source) if source else (_new_name(create_fields), None)
+    options = _placed(state, options, name, fmt, hypernetwork)
     job = TrainJob(options, name=name, hypernetwork=hypernetwork, create_fields=create_fields or None,
                    runtime=runtime)
     with state.lock:  # two requests at once: only one may start

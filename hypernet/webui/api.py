@@ -4,7 +4,11 @@
     POST /hypernet/v1/refresh             rescan the folder
     POST /hypernet/v1/create              CreateOptions fields + overwrite (+ format ".pt"/".safetensors")
     POST /hypernet/v1/train               TrainOptions fields, plus `hypernetwork` (continue a file) or CreateOptions
-                                          fields with `name` (a new file); returns a job id at once
+                                          fields with `name` (a new file); returns a job id at once. `output` must
+                                          lie in the hypernetwork folder, `log_dir` and `latent_cache_dir` in the log
+                                          folder (relative paths start there), else 403, unless the setting "Allow
+                                          the UI/API to write outside ..." is on; replacing another existing file
+                                          needs `overwrite` (409), continuing a file into itself does not
     GET  /hypernet/v1/train/status        the job (?job_id=..., default the latest; ?history=true adds losses
                                           [[step, loss], ...] and previews [path, ...])
     POST /hypernet/v1/train/interrupt     stop after the current step; the trainer saves and exits
@@ -25,7 +29,7 @@ from .actions import CREATE_FIELDS, TRAIN_FIELDS
 from .state import HypernetState, get_state
 
 PREFIX = "/hypernet/v1"
-_EXTRA_FIELDS = ("hypernetwork", "overwrite", "format")
+_EXTRA_FIELDS = ("hypernetwork", "format")
 if set(CREATE_FIELDS) & set(TRAIN_FIELDS) or set(_EXTRA_FIELDS) & set(CREATE_FIELDS + TRAIN_FIELDS):
     raise RuntimeError("the train request mixes CreateOptions, TrainOptions and its own fields by name; "
                        "a shared name would be ambiguous")
@@ -80,7 +84,6 @@ def build_models():
         "HypernetTrainRequest", __base__=base, **_dataclass_fields(TrainOptions),
         **_dataclass_fields(CreateOptions, optional=True),
         hypernetwork=(Optional[str], Field(None, description="continue training this file (a tag name)")),
-        overwrite=(bool, Field(False, description="a new hypernetwork may replace a file of the same name")),
         format=(Optional[str], Field(None, description="file type of a new hypernetwork (default: the setting)")))
     return create, train
 

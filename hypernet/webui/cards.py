@@ -36,6 +36,8 @@ def card_facts(state: HypernetState, entry: Entry, unet) -> dict:
         "applies": None if report is None else report.applies,
         "fit_note": "" if report is None else (report.warning or ""),
         "notes": facts["optional_info"] or "",
+        "readers": facts["readers"],          # other loaders: None where their math is ours, else why not
+        "same_math": facts["same_math"],
     }
 
 

@@ -5,8 +5,9 @@ size and layout checks, with the weights left unread. A file the cards call load
 """
 from __future__ import annotations
 
+from ..compat import summary
 from ..config import made_for
-from ..files import inspect
+from ..files import inspect, readers_of
 
 
 def read(path: str) -> dict:
@@ -21,4 +22,6 @@ def from_hypernetwork(hn) -> dict:
             "layer_norm": c.layer_norm, "dropout_structure": list(c.dropout_structure),
             "activate_output": c.activate_output, "weight_init": c.weight_init, "step": hn.step,
             "sd_checkpoint": hn.sd_checkpoint, "sd_checkpoint_name": hn.sd_checkpoint_name,
-            "optional_info": hn.optional_info, "parameters": hn.parameter_count(), "made_for": made_for(hn.dims)}
+            "optional_info": hn.optional_info, "parameters": hn.parameter_count(), "made_for": made_for(hn.dims),
+            "readers": dict(hn.readers or readers_of(hn, "pt")),
+            "same_math": summary(hn.readers or readers_of(hn, "pt"))}

@@ -17,6 +17,8 @@ Options (webui key = "hypernet_" + key):
     card_hashes          hash files that have no cached hash when the cards page lists them (slow the first time for
                          a large folder; otherwise a hash appears once the file has been used)
     hide_unfit           hide cards of files that do not reach the loaded model's cross-attention
+    allow_any_path       let the Train tab and the HTTP API write training files outside the hypernetwork folder
+                         (output) and the log folder (log_dir, latent_cache_dir); off by default
 """
 from __future__ import annotations
 
@@ -59,6 +61,9 @@ SETTINGS = {
                            "slow the first time for a large folder"),
     "hide_unfit": Setting(False, "Hide cards that do not fit the loaded model",
                           "files that do not reach its cross-attention"),
+    "allow_any_path": Setting(False, "Allow the UI/API to write outside the hypernetwork and log folders",
+                              "training output, log folder and latent cache from the Train tab and the HTTP API; "
+                              "off: they must lie inside the hypernetwork folder (output) or the log folder"),
 }
 
 
