@@ -99,11 +99,12 @@ def _size(n: int) -> str:
 
 def describe(path) -> dict:
     """Everything `info` shows about a file, as plain data."""
+    from .compat import summary
+    from .config import base_models
     from .files import load, sha256_file, webui_check, load_optimizer
     hn = load(path)
     digest = sha256_file(path)
     c = hn.config
-    made_for = [label for dim, label in ((768, "SD1"), (1024, "SD2"), (2048, "SDXL")) if dim in hn.dims]
     info = {
         "file": str(path), "format": "safetensors" if str(path).lower().endswith(".safetensors") else "pt",
         "size_bytes": os.path.getsize(path), "sha256": digest, "shorthash": digest[:10],
@@ -111,8 +112,9 @@ def describe(path) -> dict:
         "layer_structure": c.layer_structure, "activation": c.activation, "weight_init": c.weight_init,
         "layer_norm": c.layer_norm, "dropout_structure": c.dropout_structure,
         "activate_output": c.activate_output, "sd_checkpoint": hn.sd_checkpoint,
-        "sd_checkpoint_name": hn.sd_checkpoint_name, "base_model_by_width": made_for or None,
+        "sd_checkpoint_name": hn.sd_checkpoint_name, "base_model_by_width": base_models(hn.dims) or None,
         "optional_info": hn.optional_info,
+        "readers": hn.readers, "same_math": summary(hn.readers),
     }
     if info["format"] == "pt":
         info["webui_loadable"] = webui_check(path) is None

@@ -228,9 +228,14 @@ class CreateOptions:
         return out
 
 
+def base_models(dims) -> list:
+    """["SD1"], ["SD1", "SDXL"]...: the base models whose cross-attention widths are among `dims`."""
+    return [KNOWN_CROSS[d] for d in sorted(dims) if d in KNOWN_CROSS]
+
+
 def made_for(dims) -> Optional[str]:
     """"SD1", "SD2", "SDXL" (several joined by '/') from the cross-attention widths among `dims`; None if none."""
-    return "/".join(KNOWN_CROSS[d] for d in sorted(dims) if d in KNOWN_CROSS) or None
+    return "/".join(base_models(dims)) or None
 
 
 def parse_dropout_structure(layer_structure, use_dropout: bool, last_layer_dropout: bool) -> list:
