@@ -1,4 +1,3 @@
-import os
 import socket
 import sys
 from pathlib import Path
@@ -11,13 +10,13 @@ sys.path.insert(0, str(ROOT))
 # The tiny test models' ops are far too small to gain from threads, and on a busy 2-core machine OpenMP's spinning
 # threads made single modules take minutes instead of seconds.
 torch.set_num_threads(1)
-FIXTURES = Path(os.environ.get("HYPERNET_FIXTURES", ROOT.parent / "shared" / "fixtures" / "a1111-reference"))
+FIXTURES = ROOT / "tests" / "fixtures" / "a1111-reference"  # files made by the webui itself; see its README.md
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not (FIXTURES / "manifest.json").exists():
-        pytest.fail(f"reference fixtures not found at {FIXTURES}; set HYPERNET_FIXTURES to the a1111-reference folder")
+        pytest.fail(f"reference fixtures not found at {FIXTURES}; they are part of the repository, so restore them")
     return FIXTURES
 
 
