@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
-from .errors import NotFoundError
+from .errors import FileFormatError, NotFoundError
 from .files import ST_SUFFIX, load, sha256_file
 from .network import Hypernetwork
 
@@ -32,8 +33,44 @@ class Entry:
 
 
 def _stat_key(path: str) -> Tuple[int, int]:
+    """(mtime, size) of a regular file; a pipe, device or folder is refused, as opening a pipe blocks forever."""
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise FileFormatError(path, "is not a regular file (a pipe, device or folder), so it is never read")
     return st.st_mtime_ns, st.st_size
+
+
+def _first_visit(directory: str, seen: set) -> bool:
+    """Whether `directory` (a link followed) is readable and not yet in `seen`, which then records it."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def _walk(folder: str) -> Iterator[Tuple[str, List[str]]]:
+    """(directory, file names) for each real directory under `folder` once, in sorted order.
+
+    Symlinked folders are followed after the real tree, so a real folder keeps its own path, and a link loop or a
+    second link to a folder already seen adds nothing.
+    """
+    seen: set = set()
+    pending = deque([folder])
+    while pending:
+        top = pending.popleft()
+        if not _first_visit(top, seen):
+            continue
+        for root, dirs, files in os.walk(top):
+            shown = sorted(d for d in dirs if not d.startswith("."))
+            pending.extend(os.path.join(root, d) for d in shown if os.path.islink(os.path.join(root, d)))
+            dirs[:] = [d for d in shown if not os.path.islink(os.path.join(root, d))
+                       and _first_visit(os.path.join(root, d), seen)]
+            yield root, files
 
 
 def one_per_network(entries: List[Entry]) -> List[Entry]:
@@ -72,8 +109,7 @@ class Library:
         for folder in self.folders:
             if not folder.is_dir():
                 continue
-            for root, dirs, files in os.walk(folder, followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for root, files in _walk(str(folder)):
                 for fname in files:
                     if fname.startswith(".") or not fname.lower().endswith(SUFFIXES):
                         continue
@@ -83,7 +119,7 @@ class Library:
                         continue
                     try:
                         mtime, size = _stat_key(path)
-                    except OSError:
+                    except (OSError, FileFormatError):
                         continue
                     rel = os.path.relpath(path, folder).replace(os.sep, "/")
                     entries.append(Entry(stem, os.path.abspath(path), rel, size, mtime))

@@ -1,7 +1,10 @@
-"""<hypernet:name[:strength][:self=a][:cross=b]> prompt tags, parsed the way the webui finds extra networks."""
+"""<hypernet:name[:strength][:self=a][:cross=b]> prompt tags, parsed the way the webui finds extra networks.
+
+A strength is a plain ASCII decimal number (optional sign, digits, optional fraction, optional exponent, e.g. 0.7,
+-1, 1e-2) from -10 to 10, ComfyUI's range; each of self= and cross= may be given once.
+"""
 from __future__ import annotations
 
-import math
 import re
 from typing import List, Tuple, Union
 
@@ -9,24 +12,35 @@ from .errors import TagError
 
 TAG = re.compile(r"<(\w+):([^>]+)>")  # the webui's extra-network pattern
 NETWORK = "hypernet"
+EMPTY = f"<{NETWORK}:>"  # a tag with no arguments: TAG, and so the webui, never matches it
 STRENGTH_KEYS = ("self", "cross")
+STRENGTH_RANGE = (-10.0, 10.0)
+NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # ASCII only, unlike float()
 Strength = Union[float, dict]
 
 
+def _missing_name(tag: str) -> TagError:
+    """The error for a tag that names no hypernetwork."""
+    return TagError(f"{tag}: missing hypernetwork name; write <hypernet:name> or <hypernet:name:0.7>")
+
+
 def _number(text: str, tag: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise TagError(f"{tag}: {what} {text!r} is not a number; write e.g. <hypernet:name:0.7>") from None
-    if not math.isfinite(value):
-        raise TagError(f"{tag}: {what} {text!r} must be a finite number")
+    """`text` as a strength, or a TagError naming the tag, the rule and an example."""
+    low, high = STRENGTH_RANGE
+    if not NUMBER.fullmatch(text):
+        raise TagError(f"{tag}: {what} {text!r} is not a number; write plain digits such as 0.7, -1 or 1e-2, "
+                       "e.g. <hypernet:name:0.7>")
+    value = float(text)
+    if not low <= value <= high:
+        raise TagError(f"{tag}: {what} {text} is outside {low:g}..{high:g}; write a number from {low:g} to {high:g}, "
+                       "e.g. <hypernet:name:0.7>")
     return value
 
 
 def parse_args(items: List[str], tag: str = "<hypernet>") -> Tuple[str, Strength]:
     """(name, strength) from a tag's ':'-separated arguments; strength is a float or {'all','self','cross'}."""
     if not items or not items[0].strip():
-        raise TagError(f"{tag}: missing hypernetwork name; write <hypernet:name> or <hypernet:name:0.7>")
+        raise _missing_name(tag)
     name = items[0].strip()
     overall = 1.0
     named: dict = {}
@@ -38,6 +52,8 @@ def parse_args(items: List[str], tag: str = "<hypernet>") -> Tuple[str, Strength
             key = key.strip().lower()
             if key not in STRENGTH_KEYS:
                 raise TagError(f"{tag}: unknown setting {key!r}; use self=<number> or cross=<number>")
+            if key in named:
+                raise TagError(f"{tag}: {key}= is given twice; write it once, e.g. <hypernet:name:1:{key}=0.5>")
             named[key] = _number(value.strip(), tag, f"{key} strength")
         elif item:
             positional += 1
@@ -49,8 +65,16 @@ def parse_args(items: List[str], tag: str = "<hypernet>") -> Tuple[str, Strength
     return name, {"all": overall, **named}
 
 
+def drop_empty(prompt: str) -> Tuple[str, List[TagError]]:
+    """The prompt without <hypernet:> tags, and the error for each one removed."""
+    return prompt.replace(EMPTY, ""), [_missing_name(EMPTY) for _ in range(prompt.count(EMPTY))]
+
+
 def parse(prompt: str) -> Tuple[str, List[Tuple[str, Strength]]]:
-    """The prompt without <hypernet:...> tags, and the (name, strength) list in the order written."""
+    """The prompt without <hypernet:...> tags, and the (name, strength) list in the order written.
+
+    The first tag that cannot be understood, including an empty <hypernet:>, raises its TagError.
+    """
     found: List[Tuple[str, Strength]] = []
 
     def take(match: re.Match) -> str:
@@ -60,6 +84,9 @@ def parse(prompt: str) -> Tuple[str, List[Tuple[str, Strength]]]:
         return ""
 
     cleaned = TAG.sub(take, prompt)
+    cleaned, empty = drop_empty(cleaned)
+    if empty:
+        raise empty[0]
     cleaned = re.sub(r"[ \t]{2,}", " ", cleaned).strip()
     return cleaned, found
 

@@ -1,13 +1,16 @@
 """Prompt tags and the hypernetwork folder."""
+import contextlib
 import os
+import threading
 import time
 
 import pytest
 
 import hypernet
-from hypernet import NotFoundError, TagError
-from hypernet.library import Library
-from hypernet.tags import format_tag, parse
+from hypernet import FileFormatError, NotFoundError, TagError
+from hypernet.library import Entry, Library
+from hypernet.tags import drop_empty, format_tag, parse
+from webui_stub.harness import stub_modules
 
 
 def test_parse_names_and_strengths_in_order():
@@ -26,17 +29,52 @@ def test_parse_named_self_cross_strengths():
 
 @pytest.mark.parametrize("prompt,words", [
     ("<hypernet:a:strong>", "not a number"),
-    ("<hypernet:a:nan>", "finite"),
+    ("<hypernet:a:nan>", "not a number"),
+    ("<hypernet:a:inf>", "not a number"),
+    ("<hypernet:a:1_0>", "not a number"),        # float() reads 10
+    ("<hypernet:a:\u0661>", "not a number"),     # an Arabic-Indic one: float() reads 1
+    ("<hypernet:a:0x1>", "not a number"),
+    ("<hypernet:a:-1e308>", "outside -10..10"),   # finite, but inf once multiplied
+    ("<hypernet:a:1e309>", "outside -10..10"),
+    ("<hypernet:a:10.5>", "outside -10..10"),
+    ("<hypernet:a:1:cross=-11>", "outside -10..10"),
     ("<hypernet:a:1:2>", "too many values"),
     ("<hypernet:a:1:weird=2>", "unknown setting"),
+    ("<hypernet:a:self=2:self=3>", "self= is given twice"),
+    ("<hypernet:a:cross=2:CROSS=3>", "cross= is given twice"),
     ("<hypernet: :1>", "missing hypernetwork name"),
+    ("<hypernet:>", "missing hypernetwork name"),   # the webui's pattern does not even match it
     ("<hypernet:a:self=x>", "not a number"),
 ])
 def test_bad_tags_are_clear_errors(prompt, words):
     with pytest.raises(TagError) as info:
-        parse(prompt)
+        parse(f"a cat {prompt} in a hat")
     assert words in str(info.value)
-    assert "<hypernet:" in str(info.value)  # names the tag
+    assert f"{prompt}: " in str(info.value)  # names the tag as written
+
+
+@pytest.mark.parametrize("text,value", [
+    ("10", 10.0), ("-10", -10.0), ("+.5", 0.5), ("1.", 1.0), ("2e-1", 0.2), ("-1E1", -10.0), (" 0.7 ", 0.7),
+])
+def test_strengths_are_plain_decimal_numbers_from_minus_10_to_10(text, value):
+    assert parse(f"<hypernet:a:{text}>")[1] == [("a", value)]
+    assert parse(f"<hypernet:a:self={text}>")[1] == [("a", {"all": 1.0, "self": value})]
+
+
+def test_empty_tag_is_removed_and_reported():
+    prompt, errors = drop_empty("a <hypernet:> cat <hypernet:b><hypernet:>")
+    assert prompt == "a  cat <hypernet:b>"
+    assert [str(e) for e in errors] == ["<hypernet:>: missing hypernetwork name; write <hypernet:name> or "
+                                        "<hypernet:name:0.7>"] * 2
+
+
+def test_webui_takes_an_empty_tag_out_of_the_prompt_with_a_warning(tmp_path):
+    with stub_modules(tmp_path) as webui:
+        webui.start()
+        p = webui.processing.StableDiffusionProcessingTxt2Img(prompt="a cat <hypernet:> in a hat")
+        processed = webui.processing.process_images(p, lambda p: None)
+    assert processed.prompts_seen == [["a cat  in a hat"]]
+    assert "<hypernet:>: missing hypernetwork name" in processed.comments
 
 
 def _make(folder, rel, seed=0, name=None):
@@ -73,6 +111,52 @@ def test_resolve_exact_then_case_insensitive_then_ambiguous(tmp_path):
     assert lib.resolve("y/dup").relpath == "y/dup.pt"
     with pytest.raises(NotFoundError, match="Did you mean Style"):
         lib.resolve("Styl")
+
+
+def test_a_symlink_loop_lists_each_file_once(tmp_path):
+    for rel in ("a.pt", "sub/b.pt", "sub/c.safetensors"):
+        _make(tmp_path, rel)
+    os.symlink("..", tmp_path / "sub" / "loop")
+    lib = Library(tmp_path)
+    assert [e.relpath for e in lib.entries] == ["a.pt", "sub/b.pt", "sub/c.safetensors"]
+    assert [lib.resolve(name).relpath for name in ("a", "b", "c")] == ["a.pt", "sub/b.pt", "sub/c.safetensors"]
+
+
+def test_linked_folders_are_followed_once_and_real_folders_keep_their_path(tmp_path):
+    lib_dir, outside = tmp_path / "lib", tmp_path / "outside"
+    for rel in ("lib/sub/b.pt", "outside/d.pt"):
+        _make(tmp_path, rel)
+    os.symlink(outside, lib_dir / "models")        # users link model folders in
+    os.symlink(outside, lib_dir / "models-copy")   # a second link to the same folder
+    os.symlink("sub", lib_dir / "alias")           # a link to a folder that is listed anyway
+    lib = Library(lib_dir)
+    assert [e.relpath for e in lib.entries] == ["models/d.pt", "sub/b.pt"]
+    assert lib.resolve("d").relpath == "models/d.pt" and lib.resolve("b").relpath == "sub/b.pt"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_is_never_listed_or_opened(tmp_path):
+    _make(tmp_path, "real.pt")
+    fifo = tmp_path / "x.pt"
+    os.mkfifo(fifo)
+    seen = {}
+
+    def scan():
+        lib = Library(tmp_path)
+        seen["relpaths"] = [e.relpath for e in lib.entries]
+        lib.find_by_hash("0" * 10)  # hashes every listed file
+        with pytest.raises(FileFormatError, match="not a regular file"):
+            lib.load(Entry("x", str(fifo), "x.pt", 0, 0))  # an entry from a scan before the pipe replaced a file
+        seen["done"] = True
+
+    worker = threading.Thread(target=scan, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    if worker.is_alive():
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # release the reader stuck on the pipe
+        pytest.fail("a folder with a named pipe called x.pt blocked the library")
+    assert seen == {"relpaths": ["real.pt"], "done": True}
 
 
 def test_same_stem_in_two_formats_prefers_safetensors(tmp_path):
@@ -126,8 +210,9 @@ def test_hashes_match_webui_shorthash(tmp_path):
     lib = Library(tmp_path)
     full = hashlib.sha256(open(path, "rb").read()).hexdigest()
     assert lib.sha256("h") == full and lib.shorthash("h") == full[:10] == hypernet.shorthash(path)
-    assert lib.find_by_hash(full[:10]).name == "h"
-    assert lib.find_by_hash("0000000000") is None or lib.find_by_hash("0000000000").name == "h"
+    assert lib.find_by_hash(full[:10]).name == "h" and lib.find_by_hash(full[:10].upper()).name == "h"
+    other = "1" if full[0] == "0" else "0"
+    assert lib.find_by_hash(other * 10) is None
 
 
 def test_deleted_file_does_not_resolve_to_a_stale_entry(tmp_path):

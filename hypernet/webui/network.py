@@ -18,7 +18,7 @@ from typing import List
 from modules import extra_networks
 
 from ..errors import HypernetError, NotFoundError, TagError
-from ..tags import parse_args
+from ..tags import drop_empty, parse_args
 from . import messages
 from .infotext import HASHES_FIELD, infotext_name
 from .settings import value, webui_option
@@ -41,7 +41,7 @@ class ExtraNetworkHypernet(extra_networks.ExtraNetwork):
         params_list = list(params_list or [])
         self._add_from_setting(p, params_list, state)
 
-        stack, applied, problems = [], [], []
+        stack, applied, problems = [], [], self._drop_empty_tags(p)
         for params in params_list:
             items = [str(item) for item in (params.items or [])]
             tag = f"<hypernet:{':'.join(items)}>"
@@ -80,6 +80,18 @@ class ExtraNetworkHypernet(extra_networks.ExtraNetwork):
             messages.warn(p, text)
         if unet is not None and value("infotext_hashes"):
             self._write_hashes(p, applied, state)
+
+    @staticmethod
+    def _drop_empty_tags(p) -> List[str]:
+        """Take <hypernet:> out of the prompts the model reads (the webui's pattern never matches it); its warnings."""
+        problems: List[str] = []
+        for attr in ("prompts", "hr_prompts"):
+            prompts = getattr(p, attr, None)
+            if isinstance(prompts, list):
+                cleaned = [drop_empty(str(prompt)) for prompt in prompts]
+                setattr(p, attr, [text for text, _ in cleaned])
+                problems.extend(str(exc) for _, errors in cleaned for exc in errors)  # warn() shows each text once
+        return problems
 
     @staticmethod
     def _default_strength(items: List[str], strength):
