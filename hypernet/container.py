@@ -544,11 +544,11 @@ class Reader:
     def _storage(self, storage: Storage) -> torch.Tensor:
         found = self._storages.get(storage.key)
         if found is None:
-            buf = bytearray(storage.nbytes)
+            raw = torch.empty(storage.nbytes, dtype=torch.uint8)  # not zero-filled: every byte is read into it
             self._fh.seek(storage.offset)
-            if self._fh.readinto(buf) != storage.nbytes:
+            if storage.nbytes and self._fh.readinto(memoryview(raw.numpy())) != storage.nbytes:
                 raise FileFormatError(self.container.path, "changed or got shorter while it was being read")
-            found = torch.frombuffer(buf, dtype=storage.dtype) if buf else torch.empty(0, dtype=storage.dtype)
+            found = raw.view(storage.dtype)
             self._storages[storage.key] = found
         return found
 

@@ -291,8 +291,9 @@ def _check_module(module, sd: dict, path, dim: int, which: str) -> None:
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
-    """Whether every value is finite: one float64 sum (finite iff every term is), exact check only on doubt."""
-    if math.isfinite(float(tensor.sum(dtype=torch.float64))):
+    """Whether every value is finite: a sum is finite only if every term is; the exact check only on doubt
+    (a sum of huge finite values can overflow)."""
+    if math.isfinite(float(tensor.sum())):
         return True
     return bool(torch.isfinite(tensor).all())
 
@@ -300,14 +301,14 @@ def _all_finite(tensor: torch.Tensor) -> bool:
 def _fill_module(module, sd: dict, reader: Reader, used: set, path, dim: int, which: str) -> None:
     weights = {}
     for key, ref in sd.items():
-        value = reader.tensor(ref)
+        # A tensor the file lists twice (or a half-precision one) becomes a parameter of its own.
+        value = reader.tensor(ref).to(torch.float32)
+        value = value.clone() if ref.storage.key in used and ref.dtype == torch.float32 else value
+        used.add(ref.storage.key)
         if not _all_finite(value):
             raise FileFormatError(path, f"width {dim} ({which}): {key} contains NaN or infinite values (the "
                                         "training that made it diverged); use an earlier saved copy")
-        # A tensor the file lists twice (or a half-precision one) becomes a parameter of its own.
-        value = value.to(torch.float32)
-        weights[key] = value.clone() if ref.storage.key in used and value.dtype == ref.dtype else value
-        used.add(ref.storage.key)
+        weights[key] = value
     module.load_state_dict(weights, strict=True, assign=True)
 
 
@@ -332,8 +333,7 @@ def hypernetwork_from_state(obj, path, reader: Optional[Reader] = None, limit: O
     meta = {k: v for k, v in obj.items() if isinstance(k, str)}
     config = config_from_metadata(meta, sorted(layers), path)
     step = _meta_get(meta, "step", 0, int, path)
-    with torch.device("meta"):
-        hn = Hypernetwork(config)
+    hn = Hypernetwork(config, device="meta", init=False)
     if limit is not None and hn.parameter_count() * 4 > limit:
         raise FileFormatError(path, f"its metadata describes {hn.parameter_count()} parameters, far more than the "
                                     "file's size can hold; the file is crafted or corrupt")

@@ -13,7 +13,7 @@ from .errors import ConfigError, HypernetError
 class HypernetworkModule(nn.Module):
     """x + mlp(x) * strength, with the mlp laid out module by module as the webui lays it out."""
 
-    def __init__(self, dim: int, config: CreateOptions):
+    def __init__(self, dim: int, config: CreateOptions, *, device=None, init: bool = True):
         super().__init__()
         self.dim = int(dim)
         widths = config.widths(self.dim)
@@ -23,15 +23,16 @@ class HypernetworkModule(nn.Module):
         layers: list = []
         last = len(widths) - 2
         for i in range(len(widths) - 1):
-            layers.append(nn.Linear(widths[i], widths[i + 1]))
+            layers.append(nn.Linear(widths[i], widths[i + 1], device=device))
             if config.activation != "linear" and (i < last or config.activate_output):
                 layers.append(ACTIVATIONS[config.activation]())
             if config.layer_norm:
-                layers.append(nn.LayerNorm(widths[i + 1]))
+                layers.append(nn.LayerNorm(widths[i + 1], device=device))
             if config.dropout_structure[i + 1] > 0:
                 layers.append(nn.Dropout(p=config.dropout_structure[i + 1]))
         self.linear = nn.Sequential(*layers)
-        self._init_weights(config)
+        if init:
+            self._init_weights(config)
 
     @torch.no_grad()
     def _init_weights(self, config: CreateOptions) -> None:
@@ -67,7 +68,8 @@ class Hypernetwork(nn.Module):
 
     def __init__(self, config: Optional[CreateOptions] = None, *, step: int = 0,
                  sd_checkpoint: Optional[str] = None, sd_checkpoint_name: Optional[str] = None,
-                 optional_info: Optional[str] = None):
+                 optional_info: Optional[str] = None, device=None, init: bool = True):
+        """`device="meta", init=False` builds the layout alone, for a loader that assigns every weight."""
         super().__init__()
         self.config = config if config is not None else CreateOptions()
         self.step = int(step)
@@ -80,7 +82,7 @@ class Hypernetwork(nn.Module):
         self.optimizer_state_dict: Optional[dict] = None
         self.optimizer_extra: dict = {}
         self.layers = nn.ModuleDict({
-            str(dim): nn.ModuleList([HypernetworkModule(dim, self.config), HypernetworkModule(dim, self.config)])
+            str(dim): nn.ModuleList([HypernetworkModule(dim, self.config, device=device, init=init) for _ in "kv"])
             for dim in self.config.dims
         })
         self.eval()
