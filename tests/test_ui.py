@@ -98,6 +98,7 @@ def test_create_tab_creates_reports_and_refuses_with_the_field_named(webui):
     path = webui.folder / "painter.pt"
     assert path.is_file() and reply["path"] == str(path)
     assert f"Created {path} (" in message and "parameters" in message and "None" not in message
+    assert "Same math in the webui and ComfyUI" in message
     assert hypernet.load(path).dims == [320, 640, 768, 1280]
     again, reply = tabs.create_click(panel, *values)
     assert reply is None and "already exists" in again and "overwrite" in again

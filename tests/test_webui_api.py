@@ -113,8 +113,12 @@ def test_create_with_defaults_reports_where_and_how_big(webui):
     hn = hypernet.load(path)
     assert hn.dims == [320, 640, 768, 1280] and hn.config.activation == "relu" and hn.step == 0
     assert hypernet.webui_check(path) is None                # the webui's own loader accepts it
+    assert reply["readers"] == {"webui": None, "comfyui": None}
+    assert "same math in the webui and ComfyUI" in reply["same_math"]
     names = [x["name"] for x in webui.client.get(f"{API}/hypernetworks").json()]
     assert names == ["gollum"]
+    st = webui.client.post(f"{API}/create", json={"name": "smeagol", "format": ".safetensors"}).json()
+    assert "only .pt" in st["readers"]["webui"] and "only from .pt" in st["readers"]["comfyui"]
 
 
 def test_create_refuses_to_overwrite_and_names_bad_fields(webui):

@@ -14,8 +14,10 @@ import dataclasses
 import os
 from typing import Optional
 
+from ..compat import summary
 from ..config import CreateOptions, TrainOptions
 from ..errors import ConfigError, HypernetError, NotFoundError
+from ..files import readers_of
 from .settings import SAVE_FORMATS, value
 
 CREATE_FIELDS = tuple(f.name for f in dataclasses.fields(CreateOptions))
@@ -128,10 +130,12 @@ def create_file(state, fields: dict) -> dict:
     reply = {"info": f"Created {written} ({human_size(size)}, {params:,} parameters, widths "
                      f"{', '.join(map(str, hn.dims))})",
              "name": config.name, "path": written, "size_bytes": size, "parameters": params, "dims": hn.dims}
+    reply["readers"] = readers_of(hn, fmt.lstrip("."))
+    reply["same_math"] = summary(reply["readers"])
     others = [e.relpath for e in state.library.entries if e.name == config.name and e.path != os.path.abspath(written)]
-    if others:
-        reply["note"] = (f"other files are also called {config.name!r} ({', '.join(others)}); tags must write "
-                         "the relative path to tell them apart")
+    notes = [f"other files are also called {config.name!r} ({', '.join(others)}); tags must write the relative "
+             "path to tell them apart"] if others else []
+    reply["note"] = ". ".join(notes + [reply["same_math"][0].upper() + reply["same_math"][1:]])
     return reply
 
 
