@@ -163,15 +163,36 @@ def forward(unet: nn.Module, batch: int = 2, seed: int = 0, **kwargs) -> torch.T
     return call_unet(unet, **unet_inputs(unet, batch, seed, **kwargs))
 
 
+def as_inference_tensors(module: nn.Module) -> nn.Module:
+    """Make every parameter and buffer of `module` an inference tensor, as if it had been built under
+    torch.inference_mode() (what Forge does with every model it loads)."""
+    with torch.inference_mode():
+        for sub in module.modules():
+            for name, p in list(sub._parameters.items()):
+                if p is not None:
+                    sub._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+            for name, b in list(sub._buffers.items()):
+                if b is not None:
+                    sub._buffers[name] = b.clone()
+    assert all(t.is_inference() for t in module.state_dict().values())
+    return module
+
+
 class StandInForge:
     """The shape of Forge's loaded model (backend/diffusion_engine/sd15.py, base.py, modules/k_model.py,
     k_prediction.py at commit 08637651): not an nn.Module; forge_objects.unet is a UnetPatcher whose .model is a KModel
     holding .diffusion_model (Forge's port of ldm's UNet, so ldm's class stands in), .predictor (alphas_cumprod,
     prediction_type) and .computation_dtype; forge_objects.vae.first_stage_model is an AutoencoderKL with encoder,
-    quant_conv, scaling_factor and shift_factor; get_learned_conditioning runs under torch.inference_mode."""
+    quant_conv, scaling_factor and shift_factor; get_learned_conditioning runs under torch.inference_mode.
+
+    As in Forge (backend/loader.py forge_loader and sd_models.forge_model_reload run under torch.inference_mode),
+    every weight and buffer of the given modules becomes an inference tensor, in place."""
 
     def __init__(self, unet: nn.Module, prediction_type: str = "epsilon", text_encoder=None, tokenizer=None):
         from types import SimpleNamespace
+        for module in (unet, text_encoder):
+            if module is not None:
+                as_inference_tensors(module)
         kmodel = nn.Module()
         kmodel.diffusion_model = unet
         kmodel.predictor = nn.Module()
@@ -187,6 +208,8 @@ class StandInForge:
                                   in_channels=3, resolution=64, z_channels=4, double_z=True)
             vae.quant_conv = nn.Conv2d(8, 8, 1)
             vae.scaling_factor, vae.shift_factor = 0.18215, 0.0
+            as_inference_tensors(vae)
+        as_inference_tensors(kmodel.predictor)
         self.forge_objects = SimpleNamespace(
             unet=SimpleNamespace(model=kmodel), vae=SimpleNamespace(first_stage_model=vae),
             clip=SimpleNamespace(cond_stage_model=text_encoder))

@@ -353,6 +353,24 @@ def test_forge_host_trains_forges_unet_through_its_kmodel(data_dir, tmp_path):
     result = train(host, opts(data_dir, tmp_path, steps=3, gradient_checkpointing=True), hn, show_progress=False)
     assert result.step == 3 and not same_state(start, state(hn))
     assert same_state(unet_before, state(host.unet))
+    assert not any(t.is_inference() for t in host.kmodel.state_dict().values())
+    with torch.inference_mode():                          # Forge's generation afterwards, as before
+        x = torch.randn(1, 4, 8, 8)
+        out = host.unet(x, torch.tensor([10.0]), context=torch.randn(1, 77, 32), control=None,
+                        transformer_options={})
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_releasing_inference_tensors_copies_one_at_a_time_and_keeps_values():
+    from hypernet.hosts.webui import release_inference_tensors
+    from models import as_inference_tensors
+    module = as_inference_tensors(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    ids = {name: id(p) for name, p in module.named_parameters()}
+    assert release_inference_tensors(module) == 4
+    assert all(torch.equal(before[k], v) and not v.is_inference() for k, v in module.state_dict().items())
+    assert all(id(p) != ids[name] for name, p in module.named_parameters())   # the inference originals are let go
+    assert release_inference_tensors(module) == 0
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -140,6 +140,8 @@ def test_a_generation_strips_the_tag_and_leaves_the_unet_as_it_was(webui, sd1_un
     """Forge registers the same extra network API, but its model keeps the UNet in forge_objects."""
     from models import StandInForge
     make(webui.folder, "waterElemental_10.pt", seed=3)
+    if host == "forge":  # a UNet of its own: the stand-in turns its weights into inference tensors, as Forge has them
+        sd1_unet = tiny_ldm_unet(context_dim=768)
     webui.shared.sd_model = StandInModel(sd1_unet) if host == "webui" else StandInForge(sd1_unet)
     webui.start()
     base = output(sd1_unet)
@@ -554,3 +556,29 @@ def test_a_malicious_file_is_named_as_such_on_its_card_and_under_the_image(webui
     lines = [m for m in hypernet_logs(caplog) if "evil.pt" in m]
     assert 1 <= len(lines) <= 2, lines                     # once for the card, once for the tag: no repeats
     assert not any(r.exc_info for r in caplog.records), "no tracebacks"
+
+
+# ---------------------------------------------------------------------------------------------- Forge's model for training
+def test_training_on_forge_before_any_generation_loads_the_model_as_forge_does(webui):
+    """Forge holds a FakeInitialModel until its first generation; its txt2img calls forge_model_reload()."""
+    from hypernet.errors import HypernetError
+    from hypernet.webui.training import WebuiRuntime
+    from models import StandInForge
+
+    class FakeInitialModel:
+        cond_stage_model = None
+
+    webui.shared.sd_model = FakeInitialModel()
+    loaded = StandInForge(tiny_ldm_unet(context_dim=768))
+    calls = []
+    webui.sd_models.forge_model_reload = lambda: (calls.append("reload"), (loaded, True))[1]
+    host = WebuiRuntime().host()
+    assert type(host).__name__ == "ForgeHost" and calls == ["reload"] and host.unet is loaded.forge_objects.unet.model \
+        .diffusion_model
+
+    def no_checkpoint():
+        raise ValueError("You do not have any model! Please download at least one model in [models/Stable-diffusion].")
+
+    webui.sd_models.forge_model_reload = no_checkpoint
+    with pytest.raises(HypernetError, match="choose a checkpoint at the top of the page"):
+        WebuiRuntime().host()

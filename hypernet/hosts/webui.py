@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from ..attach import find_attention
+from ..errors import HypernetError
 
 
 class BlockCheckpointing:
@@ -146,6 +147,31 @@ def make_host(sd_model, device=None, sampler: Optional[Callable] = None) -> "Web
     return WebuiHost(sd_model, device=device, sampler=sampler)
 
 
+def release_inference_tensors(module: torch.nn.Module) -> int:
+    """Replace each inference-mode parameter and buffer of `module` by an ordinary copy; how many were replaced.
+
+    Forge builds its model under torch.inference_mode(), and autograd refuses to save such tensors for backward,
+    even frozen ones. One tensor is copied at a time, and the original is freed as soon as it is replaced, so the
+    extra memory is at most the largest tensor. Generation works with ordinary tensors exactly as before.
+    """
+    replaced = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for sub in module.modules():
+            for table in (sub._parameters, sub._buffers):
+                for name, tensor in list(table.items()):
+                    if tensor is None or not tensor.is_inference():
+                        continue
+                    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+                        raise HypernetError(f"Forge keeps this model's weights as {type(tensor).__name__} (a "
+                                            "quantised storage such as NF4 or GGUF), which training cannot read "
+                                            "back; set Forge's 'Diffusion in Low Bits' to Automatic and reload")
+                    copy = tensor.clone()
+                    table[name] = torch.nn.Parameter(copy, requires_grad=False) \
+                        if isinstance(tensor, torch.nn.Parameter) else copy
+                    replaced += 1
+    return replaced
+
+
 class ForgeHost(WebuiHost):
     """Trainer-facing adapter for Forge's model (backend/diffusion_engine): same UNet blocks as ldm, a diffusers-
     style VAE with process_in, and a KModel whose predictor holds the noise schedule."""
@@ -157,10 +183,11 @@ class ForgeHost(WebuiHost):
         self.vae = objects.vae.first_stage_model
         self.is_sdxl = bool(getattr(sd_model, "is_sdxl", False))
         self._load_to_device(objects.unet)
+        release_inference_tensors(self.kmodel)  # after the move: the tensors on the training device
         # Forge may store weights in fp8/fp16 and compute in another dtype; its Linear layers cast per call.
         self.compute_dtype = getattr(self.kmodel, "computation_dtype", None)
         predictor = self.kmodel.predictor
-        self.alphas_cumprod = torch.as_tensor(predictor.alphas_cumprod).detach().float().cpu()
+        self.alphas_cumprod = torch.as_tensor(predictor.alphas_cumprod).detach().float().cpu().clone()
         self.prediction_type = "v" if predictor.prediction_type == "v_prediction" else "epsilon"
         self.scale_factor = float(getattr(self.vae, "scaling_factor", 0.18215))
         self.shift_factor = float(getattr(self.vae, "shift_factor", 0.0) or 0.0)

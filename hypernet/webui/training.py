@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from ..config import CreateOptions, TrainOptions
+from ..errors import HypernetError
 from . import messages
 
 _counter = itertools.count(1)
@@ -76,9 +77,9 @@ class WebuiRuntime:
         from modules import shared
         from ..hosts.webui import make_host
         from .state import clear_builtin, get_state
-        sd_model = shared.sd_model
+        sd_model = forge_model() or shared.sd_model
         if sd_model is None:
-            raise RuntimeError("no model is loaded; load a checkpoint first")
+            raise HypernetError("no model is loaded; choose a checkpoint at the top of the page first")
         get_state().detach()  # generation hooks off; the trainer hooks its own
         clear_builtin()       # and the built-in path adds nothing either
         return make_host(sd_model)
@@ -102,6 +103,21 @@ class WebuiRuntime:
             get_state().refresh()
         except Exception:
             pass
+
+
+def forge_model():
+    """Forge's model, loaded the way its txt2img loads it (Forge loads nothing until the first generation); None
+    outside Forge."""
+    from modules import sd_models
+    reload = getattr(sd_models, "forge_model_reload", None)
+    if reload is None:
+        return None
+    try:
+        model, _ = reload()
+    except Exception as exc:  # Forge raises ValueError without a checkpoint, KeyError before its UI set one
+        raise HypernetError(f"Forge could not load the selected checkpoint ({type(exc).__name__}: {exc}); choose a "
+                            "checkpoint at the top of the page, or generate one image, then train") from None
+    return model
 
 
 class LocalRuntime:
