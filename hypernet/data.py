@@ -62,6 +62,7 @@ class DatasetError(HypernetError):
 
     def __init__(self, where, message: str):
         self.path = str(where)
+        self.reason = message
         super().__init__(f"{where}: {message}")
 
 
@@ -144,8 +145,12 @@ def decode_image(data: bytes, name) -> Tuple[Image.Image, Optional[np.ndarray]]:
             return to_rgb(ImageOps.exif_transpose(img))
     # Decoders of untrusted files fail in many ways (OSError, SyntaxError, struct.error, bomb checks, ...).
     except Exception as exc:  # noqa: BLE001
-        raise DatasetError(name, f"not a readable image ({type(exc).__name__}: {exc}); re-save it as PNG or JPEG, "
+        detail = _OBJECT_REPR.sub("", str(exc)).strip()  # Pillow names the BytesIO object, not the file
+        raise DatasetError(name, f"not a readable image ({type(exc).__name__}: {detail}); re-save it as PNG or JPEG, "
                                  "or remove it from the folder") from None
+
+
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 def to_rgb(img: Image.Image) -> Tuple[Image.Image, Optional[np.ndarray]]:
@@ -409,6 +414,9 @@ class TrainingSet:
         if options.filename_regex:
             compile_filename_regex(options.filename_regex)
         paths, self.ignored = scan_images(options.data, options.recursive)
+        self.all_paths = list(paths)
+        self.ignored_captions = [str(p) for p in _walk(Path(str(options.data)).expanduser(), options.recursive)
+                                 if p.suffix.lower() == ".txt"]
         if not paths:
             raise DatasetError(options.data, self._no_images_message())
         self.bucket_sizes = (make_buckets(options.width, options.height) if options.resize == "buckets"
@@ -440,7 +448,7 @@ class TrainingSet:
             try:
                 item, jobs = self._prepare(path, variants)
             except DatasetError as exc:
-                self.skipped.append((path, str(exc)))
+                self.skipped.append((path, exc.reason))
                 warnings.warn(f"skipping {exc}", HypernetWarning, stacklevel=3)
             else:
                 items.append(item)
@@ -468,6 +476,25 @@ class TrainingSet:
                           f"and nothing left of the file name once leading digits are removed): "
                           f"{', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}; add <image>.txt captions",
                           HypernetWarning, stacklevel=4)
+
+    def notes(self) -> List[str]:
+        """What a user should know about the folder, one line each: skipped images with their reasons (file names
+        only) and captions with no image beside them."""
+        out = []
+        if self.skipped:
+            shown = "; ".join(f"{Path(p).name} ({reason})" for p, reason in self.skipped[:10])
+            more = f"; and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
+            out.append(f"skipped {len(self.skipped)} of {len(self.all_paths)} images: {shown}{more}")
+        orphans = self.orphan_captions()
+        if orphans:
+            shown = ", ".join(Path(p).name for p in orphans[:10]) + (" ..." if len(orphans) > 10 else "")
+            out.append(f"{len(orphans)} caption file(s) have no image beside them: {shown}")
+        return out
+
+    def orphan_captions(self) -> List[str]:
+        """.txt files in the folder whose image is missing (a renamed image, or a caption for a skipped format)."""
+        stems = {os.path.splitext(p)[0] for p in self.all_paths}
+        return [p for p in self.ignored_captions if os.path.splitext(p)[0] not in stems]
 
     def _report_skipped(self, total: int) -> None:
         """One summary warning naming every skipped image."""

@@ -227,6 +227,7 @@ class Trainer:
         self.optimizer = self.scaler = self.batches = self.board = self.bar = None
         self._loss_rows: list = []
         self._plot_points: tuple = ([], [])
+        self.notes: list = []   # what the user should know about the data, one line each (skipped images...)
 
     # ------------------------------------------------------------------------------------------ setup
     def _resolve_hypernetwork(self, hypernetwork, create, name) -> Hypernetwork:
@@ -345,7 +346,16 @@ class Trainer:
                 "torch": torch.__version__}
         from . import __version__
         data["hypernet"] = __version__
-        atomic_write(self.run_dir / "settings.json", json.dumps(data, indent=2, default=str).encode())
+        atomic_write(self._settings_path(), json.dumps(data, indent=2, default=str).encode())
+
+    def _settings_path(self) -> Path:
+        """settings.json for a run's first start; a resumed run in the same folder keeps it and writes its own."""
+        path = self.run_dir / "settings.json"
+        n = 1
+        while path.exists():
+            path = self.run_dir / f"settings-resumed-at-{self.start_step}{'' if n == 1 else f'-{n}'}.json"
+            n += 1
+        return path
 
     def _append_csv(self, row) -> None:
         path = self.run_dir / "hypernetwork_loss.csv"
@@ -428,6 +438,10 @@ class Trainer:
         self._close()
         if self.stop.is_set() and result.step < opts.steps:
             result.stopped = "interrupted"
+            # The numbered copy the periodic saves would make, so the log folder holds every stopping point.
+            copy = self.run_dir / "hypernetworks" / f"{self.name}-{result.step}.pt"
+            if result.step > self.start_step and str(copy) not in result.saved:
+                result.saved.append(self._save_copy(result.step))
         result.output = self._save(self.output)
         self._draw_loss()
         return result
@@ -438,8 +452,9 @@ class Trainer:
         self._check_compatibility()
         self._freeze_host()
         dataset = self._build_dataset()
-        for path, reason in dataset.skipped:
-            log.warning("skipped %s: %s", path, reason)
+        self.notes = dataset.notes()
+        for note in self.notes:
+            log.warning("%s: %s", opts.data, note)
         log.info("training %s on %d images from %s", self.name, len(dataset), opts.data)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_settings()

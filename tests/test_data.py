@@ -340,6 +340,17 @@ def test_unreadable_images_are_named_and_skipped(tmp_path):
     assert len(ts) == 2 and vae.images == 2
     assert [Path(p).name for p in ts.paths] == ["a.png", "b.jpg"]
     assert ts.skipped[0][0].endswith("bad.png")
+    skipped, = ts.notes()                                 # what the Train tab's status shows: names, no paths
+    assert skipped.startswith("skipped 1 of 3 images: bad.png (not a readable image (UnidentifiedImageError: ")
+    assert str(tmp_path) not in skipped and "object at 0x" not in skipped
+
+
+def test_captions_without_an_image_are_noted(tmp_path):
+    halves(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a caption")
+    (tmp_path / "renamed.txt").write_text("its image was renamed")
+    ts, _ = build(tmp_path)
+    assert ts.notes() == ["1 caption file(s) have no image beside them: renamed.txt"]
 
 
 def test_empty_or_unusable_folder_never_calls_encode(tmp_path):

@@ -171,6 +171,9 @@ def test_resume_continues_exactly(pipes, data_dir, tmp_path):
     assert hypernet.load(half.output).step == 3
     resumed = train(host, opts(data_dir, tmp_path / "b", steps=6, **kw), half.output, show_progress=False)
     assert resumed.start_step == 3 and resumed.step == 6
+    run = Path(resumed.run_dir)                           # one run folder, both runs' settings kept
+    assert json.loads((run / "settings.json").read_text())["start_step"] == 0
+    assert json.loads((run / "settings-resumed-at-3.json").read_text())["start_step"] == 3
     a, b = hypernet.load(straight.output), hypernet.load(resumed.output)
     assert same_state(state(a), state(b))
     # without the optimizer state the continuation differs: the test above can fail
@@ -245,6 +248,8 @@ def test_stop_flag_finishes_the_step_and_saves(pipes, data_dir, tmp_path):
                    stop=stop, on_progress=progress, show_progress=False)
     assert result.stopped == "interrupted" and result.step == 2
     assert hypernet.load(result.output).step == 2
+    copy = Path(result.run_dir) / "hypernetworks" / "stopme-2.pt"   # the numbered copy, as periodic saves make
+    assert result.saved == [str(copy)] and hypernet.load(copy).step == 2
 
 
 def test_empty_dataset_fails_before_any_model_work(pipes, tmp_path, monkeypatch):

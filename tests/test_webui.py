@@ -85,6 +85,7 @@ def test_registering_replaces_the_builtin_network_and_page(webui):
         assert registered[f"callbacks_{category}"] == 1, category
     labels = webui.shared.opts.data_labels
     assert labels["hypernet_save_format"].section == ("hypernet", "Hypernet")
+    assert "(empty: &lt;webui data folder&gt;/textual_inversion" in labels["hypernet_log_dir"].comment_after
     assert labels["hypernet_cache_size"].category_id == "sd"
 
 
@@ -200,13 +201,14 @@ def test_unreadable_file_is_a_visible_warning(webui, sd1_unet):
 
 
 def test_sd1_file_on_sdxl_warns_that_it_only_reaches_self_attention(webui, sdxl_unet, caplog):
-    make(webui.folder, "sd1style.pt", dims=[64, 768], seed=7)
+    make(webui.folder, "sd1style.pt", dims=[64, 768], seed=7, name="style")   # a saved copy keeps its run's name
     webui.shared.sd_model = StandInModel(sdxl_unet)
     webui.start()
     base = output(sdxl_unet)
     with caplog.at_level(logging.WARNING, logger="hypernet"):
         _, processed = generate(webui, "<hypernet:sd1style:1>", sdxl_unet)
     assert "made for SD1" in processed.comments and "only reaches self-attention" in processed.comments
+    assert "'sd1style'" in processed.comments and "'style'" not in processed.comments   # the name the tag wrote
     assert any("only reaches self-attention" in m for m in hypernet_logs(caplog))
     assert not torch.equal(processed.outputs[0], base)   # applied all the same, as the webui does
 
@@ -556,6 +558,13 @@ def test_a_malicious_file_is_named_as_such_on_its_card_and_under_the_image(webui
     lines = [m for m in hypernet_logs(caplog) if "evil.pt" in m]
     assert 1 <= len(lines) <= 2, lines                     # once for the card, once for the tag: no repeats
     assert not any(r.exc_info for r in caplog.records), "no tracebacks"
+
+
+def test_train_status_shows_what_the_data_notes_say(webui):
+    from hypernet.webui import tabs
+    html = tabs.status_html({"job_id": "j", "name": "style", "state": "running", "step": 1, "total": 5,
+                             "notes": ["skipped 1 of 3 images: bad.png (not a readable image)"]})
+    assert "Note: skipped 1 of 3 images: bad.png" in html
 
 
 # ---------------------------------------------------------------------------------------------- Forge's model for training

@@ -22,6 +22,8 @@ Options (webui key = "hypernet_" + key):
 """
 from __future__ import annotations
 
+import html
+
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
@@ -135,7 +137,8 @@ def on_ui_settings() -> None:
             component, args = gr.Slider, {"minimum": setting.minimum, "maximum": setting.maximum,
                                           "step": setting.step}
         info = shared.OptionInfo(setting.default, setting.label, component, args)
-        options[PREFIX + key] = info.info(setting.info) if setting.info else info
+        # The Settings page puts this help text into HTML: "<webui data folder>" would vanish as a tag.
+        options[PREFIX + key] = info.info(html.escape(setting.info)) if setting.info else info
     # options_section sets .section (and .category_id) the way the webui's own sections are declared.
     for key, info in shared.options_section(SECTION, options).items():
         shared.opts.add_option(key, info)

@@ -6,6 +6,7 @@ the loaded UNet with the list of what it applies, cached file facts and hashes, 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import weakref
@@ -148,7 +149,9 @@ class HypernetState:
             self.attachment = attach(unet, stack, warn=False)
             self._attach_key = key
             self.applied = list(applied)
-            self.warnings = list(self.attachment.warnings)
+            # Name each file as its tag did: the name stored inside a file (e.g. "foo" in foo-500.pt) misleads.
+            self.warnings = [text for text in (dataclasses.replace(report, hypernetwork=a.name).warning
+                                               for report, a in zip(self.attachment.reports, applied)) if text]
             return list(self.warnings)
 
     def detach(self) -> None:

@@ -177,9 +177,10 @@ def status_html(status: Optional[dict]) -> str:
         text += f". Saved {s['output']}"
     elif s.get("last_saved"):
         text += f". Last saved {s['last_saved']}"
+    notes = "".join(f". Note: {note}" for note in s.get("notes") or [])
     if s.get("error"):
-        return _message(f"{text}. Error: {s['error']}", error=True)
-    return _message(text)
+        return _message(f"{text}{notes}. Error: {s['error']}", error=True)
+    return _message(text + notes)
 
 
 def loss_image(status: Optional[dict]):

@@ -45,10 +45,11 @@ class JobStatus:
     finished: Optional[float] = None
     losses: list = field(default_factory=list)     # (step, loss) after every step, for a live plot
     previews: list = field(default_factory=list)   # preview image paths in order
+    notes: list = field(default_factory=list)      # what the user should know about the data (skipped images...)
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
-        out["losses"], out["previews"] = list(self.losses), list(self.previews)
+        out["losses"], out["previews"], out["notes"] = list(self.losses), list(self.previews), list(self.notes)
         return out
 
 
@@ -224,7 +225,8 @@ class TrainJob:
                 self.status.losses.append((report.step, report.loss))
                 if report.preview:
                     self.status.previews.append(report.preview)
-            self._update(step=report.step, loss=report.loss, learn_rate=report.learn_rate, it_per_s=report.it_per_s,
+            self._update(notes=list(trainer.notes), step=report.step, loss=report.loss, learn_rate=report.learn_rate,
+                         it_per_s=report.it_per_s,
                          last_saved=report.saved or self.status.last_saved,
                          last_preview=report.preview or self.status.last_preview)
             if self.runtime.progress(self.status.name, report, report.step - self.status.start_step):
@@ -235,5 +237,6 @@ class TrainJob:
         self._update(start_step=trainer.start_step, step=trainer.start_step, run_dir=str(trainer.run_dir))
         self.runtime.planned(self.options.steps - trainer.start_step)
         result = trainer.run()
-        self._update(state=result.stopped, step=result.step, output=result.output, loss=result.last_loss)
+        self._update(state=result.stopped, step=result.step, output=result.output, loss=result.last_loss,
+                     notes=list(trainer.notes))
         self.runtime.finished()
