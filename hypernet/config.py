@@ -88,14 +88,16 @@ class CreateOptions:
     """Everything that defines a hypernetwork's architecture; stored in every file it is saved to."""
 
     name: str = field(default="hypernetwork", metadata={
-        "help": "name stored in the file and used in <hypernet:NAME> tags"})
+        "essential": True, "help": "name stored in the file and used in <hypernet:NAME> tags"})
     dims: list = field(default_factory=lambda: [768, 320, 640, 1280], metadata={
+        "essential": True,
         "help": "context widths to create modules for: 768 (SD1 cross), 1024 (SD2 cross), 2048 (SDXL cross), "
                 "320/640/1280 (self-attention); any other positive width works for other models"})
     layer_structure: list = field(default_factory=lambda: [1.0, 2.0, 1.0], metadata={
+        "essential": True,
         "help": "width multipliers of the MLP layers, starting and ending with 1, e.g. \"1, 2, 1\""})
     activation: str = field(default="relu", metadata={
-        "help": "activation between layers ('linear' for none)", "choices": tuple(ACTIVATIONS)})
+        "essential": True, "help": "activation between layers ('linear' for none)", "choices": tuple(ACTIVATIONS)})
     weight_init: str = field(default="Normal", metadata={
         "help": "weight initialisation", "choices": WEIGHT_INITS})
     layer_norm: bool = field(default=False, metadata={
@@ -121,9 +123,10 @@ class CreateOptions:
     def _check_size(self) -> None:
         count = self.parameter_count()
         if count > MAX_PARAMETERS:
-            raise ConfigError("layer_structure", f"widths {self.dims} with layer structure {_fmt(self.layer_structure)} "
-                                                 f"give {count:,} parameters ({count * 4 / 2**30:.1f} GiB), over the "
-                                                 f"{MAX_PARAMETERS:,} limit; use fewer widths or smaller multipliers")
+            raise ConfigError("layer_structure", f"widths {self.dims} with layer structure "
+                                                 f"{_fmt(self.layer_structure)} give {count:,} parameters "
+                                                 f"({count * 4 / 2**30:.1f} GiB), over the {MAX_PARAMETERS:,} limit; "
+                                                 "use fewer widths or smaller multipliers")
 
     def parameter_count(self) -> int:
         """Weights of the linear and layer-norm layers (k and v, every width); PReLU adds one per activation."""
@@ -259,7 +262,8 @@ LR_SHAPES = ("constant", "cosine")
 
 
 def _opt(default, help_text, **extra):
-    """A dataclass field with CLI/UI metadata."""
+    """A dataclass field with CLI/UI metadata (`group` places it in the UI; `essential` shows it first, the rest
+    sits in closed accordions)."""
     meta = {"help": help_text, **extra}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -271,13 +275,15 @@ class TrainOptions:
     """Every training option; the CLI flags, UI defaults, API model and settings.json all come from here."""
 
     # data
-    data: str = _opt("", "folder of training images (captions in <image>.txt or the file name)", group="data")
+    data: str = _opt("", "folder of training images (captions in <image>.txt or the file name)",
+                     group="data", essential=True)
     recursive: bool = _opt(False, "also read images in sub-folders", group="data")
     template: str = _opt("style_filewords", "prompt template: a shipped name (style, style_filewords, subject, "
                          "subject_filewords, hypernetwork, none) or a .txt file of lines with [name] and [filewords]",
-                         group="data")
-    width: int = _opt(512, "training width (multiple of 8; the maximum area with buckets)", group="data")
-    height: int = _opt(512, "training height (multiple of 8)", group="data")
+                         group="data", essential=True)
+    width: int = _opt(512, "training width (multiple of 8; the maximum area with buckets)",
+                      group="data", essential=True)
+    height: int = _opt(512, "training height (multiple of 8)", group="data", essential=True)
     resize: str = _opt("crop", "fit images to width x height: center crop, stretch (the webui's way) or aspect "
                        "buckets", choices=RESIZE_MODES, group="data")
     flip: bool = _opt(False, "random horizontal flips", group="data")
@@ -292,10 +298,12 @@ class TrainOptions:
     use_alpha_weight: bool = _opt(False, "use image transparency as a per-pixel loss weight", group="data")
     latent_cache_dir: str = _opt("", "folder for a disk cache of encoded latents (empty: memory only)", group="data")
     # optimisation
-    steps: int = _opt(1000, "train until this many steps in total (a resumed file counts its steps)", group="train")
-    batch_size: int = _opt(1, "images per batch", group="train")
+    steps: int = _opt(1000, "train until this many steps in total (a resumed file counts its steps)",
+                      group="train", essential=True)
+    batch_size: int = _opt(1, "images per batch", group="train", essential=True)
     gradient_accumulation: int = _opt(1, "batches per optimizer step", group="train")
-    learning_rate: str = _opt("0.00001", "learning rate, or a schedule \"rate:step, rate:step, rate\"", group="train")
+    learning_rate: str = _opt("0.00001", "learning rate, or a schedule \"rate:step, rate:step, rate\"",
+                              group="train", essential=True)
     lr_warmup_steps: int = _opt(0, "linear warmup over the first N steps", group="train")
     lr_shape: str = _opt("constant", "multiply the schedule by a cosine decay to zero over the run",
                          choices=LR_SHAPES, group="train")
@@ -322,11 +330,12 @@ class TrainOptions:
     output: str = _opt("", "where the final file goes (default: <log_dir>/<name>.pt)", group="output")
     overwrite: bool = _opt(False, "the final file may replace an existing file (continuing a hypernetwork into its own "
                            "file never needs this)", group="output")
-    save_every: int = _opt(500, "save a numbered copy every N steps (0 = never)", group="output")
+    save_every: int = _opt(500, "save a numbered copy every N steps (0 = never)", group="output", essential=True)
     save_optimizer_state: bool = _opt(True, "write a .optim beside each save, for exact resume", group="output")
     log_every: int = _opt(10, "write a loss CSV row every N steps", group="output")
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)", group="output")
-    preview_every: int = _opt(500, "generate a preview image every N steps (0 = never)", group="preview")
+    preview_every: int = _opt(500, "generate a preview image every N steps (0 = never)",
+                              group="preview", essential=True)
     preview_prompt: str = _opt("", "preview prompt (empty: the current batch's caption)", group="preview")
     preview_negative_prompt: str = _opt("", "preview negative prompt", group="preview")
     preview_steps: int = _opt(20, "preview sampling steps", group="preview")

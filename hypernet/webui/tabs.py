@@ -18,8 +18,15 @@ from . import actions
 from .settings import SAVE_FORMATS, value
 
 NEW = "(new hypernetwork)"
-GROUPS = (("data", "Data", True), ("train", "Optimisation", True), ("output", "Saving and logs", False),
-          ("preview", "Previews", False))
+# One stylesheet for every host (the webui, Forge, the standalone UI), carried by the tabs themselves: a <style>
+# applies even inside a hidden element. The side column stays in view while the long form scrolls.
+SIDE_CSS = """
+.hypernet-style { display: none !important; }
+.hypernet-side { position: sticky; top: 0.5em; align-self: flex-start; }
+.hypernet-pick { align-items: flex-end; }
+"""
+# The closed accordions under the essential fields, in order; a TrainOptions field's "group" picks one.
+GROUPS = (("data", "Data"), ("train", "Optimisation"), ("output", "Saving and logs"), ("preview", "Previews"))
 # The webui's txt2img_preview_params order (UiTrainTabParams): prompt, negative, steps, sampler, cfg, seed, w, h
 TXT2IMG_PREVIEW_FIELDS = ("preview_prompt", "preview_negative_prompt", "preview_steps", "preview_sampler",
                           "preview_cfg_scale", "preview_seed", "preview_width", "preview_height")
@@ -113,20 +120,34 @@ def create_click(panel: Panel, *values):
     return _message(text), reply
 
 
+def _essential(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("essential"))
+
+
 def build_create_tab(gr, panel: Panel):
-    """The Create tab's contents, inside the caller's Tab/Blocks; returns (components by name, button, output)."""
+    """The Create tab's contents, inside the caller's Tab/Blocks; returns (components by name, button, output).
+
+    The fields a new user sets come first, the rest wait in a closed accordion; the button and its result sit in
+    a side column (elem_id hypernet_create_side) that the webui's page script moves into its own right column."""
     comps: Dict[str, object] = {}
-    with gr.Row():
-        with gr.Column():
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=320):
             for f in _fields(CreateOptions):
-                comps[f.name] = component(gr, f, "hypernet_create")
-            comps["format"] = gr.Dropdown(choices=list(SAVE_FORMATS), value=value("save_format"), label="File type",
-                                          info=".pt loads in every webui and ComfyUI; .safetensors never unpickles",
-                                          elem_id="hypernet_create_format")
-            comps["overwrite"] = gr.Checkbox(value=False, label="Overwrite a file of the same name",
-                                             elem_id="hypernet_create_overwrite")
+                if _essential(f):
+                    comps[f.name] = component(gr, f, "hypernet_create")
+            with gr.Accordion("More options", open=False):
+                for f in _fields(CreateOptions):
+                    if not _essential(f):
+                        comps[f.name] = component(gr, f, "hypernet_create")
+                comps["format"] = gr.Dropdown(choices=list(SAVE_FORMATS), value=value("save_format"),
+                                              label="File type", elem_id="hypernet_create_format",
+                                              info=".pt loads in every webui and ComfyUI; .safetensors never "
+                                                   "unpickles")
+                comps["overwrite"] = gr.Checkbox(value=False, label="Overwrite a file of the same name",
+                                                 elem_id="hypernet_create_overwrite")
+        with gr.Column(scale=2, min_width=280, elem_id="hypernet_create_side", elem_classes=["hypernet-side"]):
+            gr.HTML(f"<style>{SIDE_CSS}</style>", elem_classes=["hypernet-style"])
             button = gr.Button("Create hypernetwork", variant="primary", elem_id="hypernet_create_button")
-        with gr.Column():
             output = gr.HTML(elem_id="hypernet_create_result")
     return comps, button, output
 
@@ -243,41 +264,62 @@ def interrupt_click(panel: Panel) -> str:
 
 
 def build_train_tab(gr, panel: Panel):
-    """The Train tab's contents, inside the caller's Tab/Blocks; returns a dict of its components."""
+    """The Train tab's contents, inside the caller's Tab/Blocks; returns a dict of its components.
+
+    Left: the hypernetwork to train, the essential fields, then every other option in closed accordions. Right
+    (elem_id hypernet_train_side, kept in view while the form scrolls; the webui's page script moves it into the
+    webui's own right column): the buttons, the status, the live loss plot and the previews."""
     c: Dict[str, object] = {}
     defaults = {"log_dir": panel.log_dir or actions.default_log_dir()}
-    with gr.Row():
-        with gr.Column():
-            with gr.Row():
+    option_comps: Dict[str, object] = {}
+
+    def options(fields) -> None:
+        for f in fields:
+            option_comps[f.name] = component(gr, f, "hypernet_train", default=defaults.get(f.name))
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=320):
+            with gr.Row(elem_classes=["hypernet-pick"]):
                 c["hypernetwork"] = gr.Dropdown(choices=hypernetwork_choices(panel), value=NEW,
-                                                label="Hypernetwork",
+                                                label="Hypernetwork", scale=4, min_width=240,
                                                 info="continue training a file, or create a new one below",
                                                 elem_id="hypernet_train_hypernetwork")
-                c["refresh"] = gr.Button("Refresh list", elem_id="hypernet_train_refresh")
+                c["refresh"] = gr.Button("Refresh list", scale=1, min_width=100, elem_id="hypernet_train_refresh")
             with gr.Accordion("New hypernetwork", open=True):
-                c["create"] = [component(gr, f, "hypernet_train_new", default="" if f.name == "name" else
-                                         ([] if f.name == "dims" else None))
-                               for f in _fields(CreateOptions)]
-            option_comps: Dict[str, object] = {}
-            for group, title, is_open in GROUPS:
-                with gr.Accordion(title, open=is_open):
-                    for f in _fields(TrainOptions):
-                        if f.metadata.get("group") == group:
-                            option_comps[f.name] = component(gr, f, "hypernet_train", default=defaults.get(f.name))
+                c["create"] = {}
+                new_fields = _fields(CreateOptions)
+                for f in [f for f in new_fields if _essential(f)]:
+                    c["create"][f.name] = _new_component(gr, f)
+                with gr.Accordion("Architecture", open=False):
+                    for f in [f for f in new_fields if not _essential(f)]:
+                        c["create"][f.name] = _new_component(gr, f)
+                c["create"] = [c["create"][f.name] for f in new_fields]
+            options([f for f in _fields(TrainOptions) if _essential(f)])
+            for group, title in GROUPS:
+                with gr.Accordion(title, open=False):
+                    options([f for f in _fields(TrainOptions) if f.metadata.get("group") == group
+                             and not _essential(f)])
+                    if group == "preview":
+                        c["use_txt2img"] = gr.Checkbox(value=panel.txt2img_preview is not None,
+                                                       visible=panel.txt2img_preview is not None,
+                                                       label="Read preview settings from txt2img",
+                                                       elem_id="hypernet_train_use_txt2img")
             c["options"] = [option_comps[name] for name in TRAIN_OPTION_FIELDS]
-            c["use_txt2img"] = gr.Checkbox(value=panel.txt2img_preview is not None,
-                                           visible=panel.txt2img_preview is not None,
-                                           label="Read preview settings from txt2img",
-                                           elem_id="hypernet_train_use_txt2img")
+        with gr.Column(scale=2, min_width=280, elem_id="hypernet_train_side", elem_classes=["hypernet-side"]):
             with gr.Row():
                 c["train"] = gr.Button("Train hypernetwork", variant="primary", elem_id="hypernet_train_button")
                 c["interrupt"] = gr.Button("Interrupt", elem_id="hypernet_train_interrupt")
                 c["watch"] = gr.Button("Show progress", elem_id="hypernet_train_watch")
-        with gr.Column():
             c["status"] = gr.HTML(status_html(None), elem_id="hypernet_train_status")
             c["loss"] = gr.Image(label="Loss", type="pil", interactive=False, elem_id="hypernet_train_loss")
             c["gallery"] = gr.Gallery(label="Previews", elem_id="hypernet_train_previews", columns=4)
     return c
+
+
+def _new_component(gr, f: dataclasses.Field):
+    """A creation field on the Train tab: empty name and no ticked widths mean "from the data / the model"."""
+    return component(gr, f, "hypernet_train_new", default="" if f.name == "name" else ([] if f.name == "dims"
+                                                                                        else None))
 
 
 def wire(gr, panel: Panel, create, train) -> dict:

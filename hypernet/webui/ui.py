@@ -16,9 +16,10 @@ def on_ui_train_tabs(params) -> None:
     import gradio as gr
     from .state import get_state
     panel = Panel(get_state(), txt2img_preview=list(getattr(params, "txt2img_preview_params", None) or []) or None)
-    with gr.Tab("Create hypernet", id="hypernet_create_tab"):
+    # javascript/hypernet.js moves each tab's side column into the webui's right-hand column while the tab is shown
+    with gr.Tab("Create hypernet", id="hypernet_create_tab", elem_id="hypernet_create_tab"):
         create = build_create_tab(gr, panel)
-    with gr.Tab("Train hypernet", id="hypernet_train_tab"):
+    with gr.Tab("Train hypernet", id="hypernet_train_tab", elem_id="hypernet_train_tab"):
         train = build_train_tab(gr, panel)
     wire(gr, panel, create, train)
     _built["train_tabs"] = True
