@@ -506,8 +506,10 @@ def _read_safetensors(path, fh, size: int) -> Container:
 
 
 def _st_ref(path, name: str, info, base: int, room: int) -> TensorRef:
+    """One safetensors header entry as a TensorRef, checked: known dtype, sane shape, bytes inside the file."""
     if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
-        raise FileFormatError(path, f"tensor {name!r}: unknown dtype {brief(info.get('dtype') if isinstance(info, dict) else info)}")
+        found = info.get("dtype") if isinstance(info, dict) else info
+        raise FileFormatError(path, f"tensor {name!r}: unknown dtype {brief(found)}")
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if not (isinstance(shape, list) and len(shape) <= 8 and all(type(s) is int and s >= 0 for s in shape)):
         raise FileFormatError(path, f"tensor {name!r}: malformed shape {brief(shape)}")

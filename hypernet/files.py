@@ -181,7 +181,7 @@ def optim_path(path) -> str:
 
 
 def save_optimizer(path, optimizer_name: str, optimizer_state: dict, extra: Optional[dict] = None) -> str:
-    """Write <path>.optim the webui's way, with the hash of the file it belongs to (extra keys: the webui ignores them)."""
+    """Write <path>.optim the webui's way, with the hash of the file it belongs to (the webui ignores extra keys)."""
     data = {"optimizer_name": optimizer_name, "hash": shorthash(path), "optimizer_state_dict": optimizer_state,
             **(extra or {})}
     target = optim_path(path)
