@@ -1,6 +1,6 @@
 """python -m hypernet ui: the Create and Train tabs, a Generate tab and the cards, on a diffusers pipeline, no webui.
 
-The tabs are the same code the webui extension shows (hypernet/webui/tabs.py, which never imports the webui).
+The tabs are the same code the webui extension shows (hypernet/ui/, which never imports the webui's `modules`).
 Generation and training share one lock, so an image is never drawn while the trainer has the UNet hooked.
 Training writes stay inside the hypernetwork and log folders unless started with allow_any_path (--allow-any-path).
 Only the UI's own pages may call it: gradio's allow-every-origin CORS middleware is replaced by SameOriginOnly, which
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from .errors import HypernetError, TagError
 from .tags import format_tag, parse
-from .webui.state import Applied, HypernetState
+from .ui.state import Applied, LibraryState
 
 GENERATE_DEFAULTS = {"steps": 20, "cfg_scale": 5.0, "seed": 0}
 QUEUE_WORKERS = 4
@@ -94,9 +94,9 @@ def same_origin_apps(host: str, port: int):
         routes.App.create_app = saved
 
 
-class StandaloneState(HypernetState):
-    """The extension's state over a folder of files and one diffusers pipeline instead of the webui's model; training
-    writes stay in `folder` and `log_folder` unless `allow_any_path`."""
+class StandaloneState(LibraryState):
+    """The UI state over a folder of files and one diffusers pipeline instead of the webui's model; training writes
+    stay in `folder` and `log_folder` unless `allow_any_path`."""
 
     def __init__(self, folder: str, pipe, log_folder: str = "logs", allow_any_path: bool = False):
         super().__init__(os.path.abspath(folder))
@@ -107,17 +107,13 @@ class StandaloneState(HypernetState):
     def loaded_model(self, load: bool = False):
         return self.pipe
 
-    @staticmethod
-    def unet_of(model):
-        return getattr(model, "unet", None)
-
 
 class Studio:
     """The standalone app: state, a lock shared by generation and training, and the gradio Blocks."""
 
     def __init__(self, pipe, folder: str, log_dir: str, size: Optional[int] = None, allow_any_path: bool = False):
         from .hosts.diffusers import DiffusersHost
-        from .webui.training import LocalRuntime
+        from .ui.jobs import LocalRuntime
         os.makedirs(folder, exist_ok=True)
         self.pipe = pipe
         self.state = StandaloneState(folder, pipe, log_dir, allow_any_path)
@@ -164,7 +160,7 @@ class Studio:
     # ------------------------------------------------------------------------------------------ cards
     def cards_html(self) -> str:
         """Every file in the folder as a card: name, widths, step, size and whether it fits the pipeline."""
-        from .webui.cards import card_facts
+        from .ui.cards import card_facts
         self.state.library.refresh()
         entries = self.state.entries()
         if not entries:
@@ -197,7 +193,7 @@ class Studio:
     # ------------------------------------------------------------------------------------------ the UI
     def build(self):
         import gradio as gr
-        from .webui.tabs import Panel, build_create_tab, build_train_tab, wire
+        from .ui.tabs import Panel, build_create_tab, build_train_tab, wire
         panel = Panel(self.state, runtime=self.runtime, log_dir=self.log_dir)
         with gr.Blocks(title="hypernet", analytics_enabled=False) as blocks:
             gr.Markdown("## hypernet: create, train and try Stable Diffusion hypernetworks")

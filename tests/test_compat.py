@@ -92,7 +92,7 @@ def test_reasons_for_other_formats_and_activations(tmp_path, fixtures_dir):
 
 def test_info_and_cards_say_it(tmp_path, capsys):
     from hypernet.cli import main
-    from hypernet.webui import metadata
+    from hypernet.ui import metadata
     path = _trained(activation="relu", layer_norm=True).save(tmp_path / "ln.pt")
     assert main(["info", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -17,7 +17,7 @@ import torch
 import hypernet
 from hypernet import files
 from hypernet.errors import FileFormatError, HypernetError, UnsafeFileError
-from hypernet.webui import metadata
+from hypernet.ui import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 

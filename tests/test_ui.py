@@ -90,9 +90,10 @@ def test_forge_gets_one_top_level_tab_when_train_tabs_never_run(webui):
 
 
 def test_create_tab_creates_reports_and_refuses_with_the_field_named(webui):
-    from hypernet.webui import tabs
+    from hypernet.ui import tabs
     from hypernet.webui.state import get_state
-    panel = tabs.Panel(get_state())
+    from hypernet.webui.training import WebuiRuntime
+    panel = tabs.Panel(get_state(), WebuiRuntime())
     values = ["painter", ["768", "320", "640", "1280"], "1, 2, 1", "relu", "Normal", False, "", False, ".pt", False]
     message, reply = tabs.create_click(panel, *values)
     path = webui.folder / "painter.pt"
@@ -111,7 +112,7 @@ def test_create_tab_creates_reports_and_refuses_with_the_field_named(webui):
 
 
 def test_train_fields_take_txt2img_preview_settings_and_a_file_to_continue():
-    from hypernet.webui import tabs
+    from hypernet.ui import tabs
     opts = [_default(f) for f in dataclasses.fields(TrainOptions)]
     fields = tabs.train_fields("mine", [None] * len(tabs.TRAIN_CREATE_FIELDS), opts, True,
                                ["a cat", "blurry", 12.0, "Euler a", 6.5, 42.0, 64.0, 64.0])
@@ -125,7 +126,7 @@ def test_train_fields_take_txt2img_preview_settings_and_a_file_to_continue():
 
 # ---------------------------------------------------------------------------------------------- standalone
 def _train_values(studio, name, data, **overrides):
-    from hypernet.webui import tabs
+    from hypernet.ui import tabs
     create = ["" if f.name == "name" else _default(f) for f in dataclasses.fields(CreateOptions)]
     create[0] = name
     create[1] = []
@@ -136,7 +137,7 @@ def _train_values(studio, name, data, **overrides):
 
 
 def test_train_tab_streams_progress_until_the_file_is_saved(studio, style_data):
-    from hypernet.webui import tabs
+    from hypernet.ui import tabs
     panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
     updates = list(tabs.train_click(panel, *_train_values(studio, "streamed", style_data, steps=4,
                                                           preview_every=2, preview_steps=2)))
@@ -152,7 +153,7 @@ def test_train_tab_streams_progress_until_the_file_is_saved(studio, style_data):
 
 
 def test_train_tab_refuses_bad_input_before_starting(studio, style_data, tmp_path):
-    from hypernet.webui import tabs
+    from hypernet.ui import tabs
     panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
     [(html, _, _)] = list(tabs.train_click(panel, *_train_values(studio, "", style_data)))
     assert "name" in html and "Error" in html
@@ -164,7 +165,7 @@ def test_train_tab_refuses_bad_input_before_starting(studio, style_data, tmp_pat
 
 
 def test_interrupt_button_stops_a_run_which_saves(studio, style_data):
-    from hypernet.webui import tabs
+    from hypernet.ui import tabs
     panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
     assert "No training job" in tabs.interrupt_click(panel)
     stream = tabs.train_click(panel, *_train_values(studio, "stopped", style_data, steps=100000))
@@ -275,7 +276,7 @@ def test_same_origin_rule():
 
 def test_standalone_train_tab_keeps_writes_in_its_folders(pipe, tmp_path, style_data):
     from hypernet.standalone import Studio
-    from hypernet.webui import tabs
+    from hypernet.ui import tabs
     studio = Studio(pipe, str(tmp_path / "hypernetworks"), str(tmp_path / "logs"))
     panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
     outside = tmp_path / "outside"
@@ -290,7 +291,7 @@ def test_standalone_train_tab_keeps_writes_in_its_folders(pipe, tmp_path, style_
     assert "already exists" in html and "overwrite" in html
     assert existing.read_bytes() == before and studio.state.jobs == {} and not outside.exists()
     free = Studio(pipe, str(tmp_path / "hypernetworks"), str(tmp_path / "logs"), allow_any_path=True)
-    from hypernet.webui import actions
+    from hypernet.ui import actions
     assert actions.any_path_allowed(free.state) and not actions.any_path_allowed(studio.state)
     assert actions.confined(free.state.folder(), str(outside), "output", "hypernetwork folder", True) == str(outside)
 

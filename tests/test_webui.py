@@ -392,7 +392,7 @@ def test_a_file_added_after_start_is_found_without_refresh(webui, sd1_unet):
 
 # ---------------------------------------------------------------------------------------------- file metadata
 def test_header_metadata_matches_a_full_load(fixtures_dir, tmp_path):
-    from hypernet.webui import metadata
+    from hypernet.ui import metadata
     files = sorted(fixtures_dir.glob("*.pt"))
     st = tmp_path / "converted.safetensors"
     hypernet.load(files[0]).save(st)
@@ -403,7 +403,7 @@ def test_header_metadata_matches_a_full_load(fixtures_dir, tmp_path):
 
 
 def test_header_reader_refuses_code(tmp_path):
-    from hypernet.webui import metadata
+    from hypernet.ui import metadata
 
     class Evil:
         def __reduce__(self):
@@ -417,14 +417,14 @@ def test_header_reader_refuses_code(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- settings, lifecycle
 def test_settings_fall_back_to_defaults(webui):
-    from hypernet.webui import settings
-    assert settings.value("cache_size") == 4 and settings.value("save_format") == ".pt"   # not registered yet
+    from hypernet.ui.settings import value
+    assert value("cache_size") == 4 and value("save_format") == ".pt"   # not registered yet
     webui.start()
     webui.shared.opts.hypernet_cache_size = "2"
     webui.shared.opts.hypernet_save_format = ".ckpt"
-    assert settings.value("cache_size") == 2 and settings.value("save_format") == ".pt"
+    assert value("cache_size") == 2 and value("save_format") == ".pt"
     webui.shared.opts.hypernet_cache_size = -3
-    assert settings.value("cache_size") == 0
+    assert value("cache_size") == 0
     from hypernet.webui.state import get_state
     assert get_state().library.cache_size == 0
 
@@ -432,13 +432,14 @@ def test_settings_fall_back_to_defaults(webui):
 def test_every_setting_gets_a_component_on_the_settings_page(webui):
     """The webui stops at start-up on an option it cannot build a component for (a bare float default, say)."""
     gr = pytest.importorskip("gradio")
-    from hypernet.webui import settings
+    from hypernet.ui.settings import SETTINGS
+    from hypernet.webui.settings import PREFIX
     from modules import ui_settings
     webui.start()
     with gr.Blocks():
-        for key in settings.SETTINGS:
-            component = ui_settings.create_setting_component(settings.PREFIX + key)
-            assert component.value == settings.SETTINGS[key].default, key
+        for key in SETTINGS:
+            component = ui_settings.create_setting_component(PREFIX + key)
+            assert component.value == SETTINGS[key].default, key
 
 
 def test_unloading_unhooks_and_restores_the_dropdown(webui, sd1_unet):
@@ -561,7 +562,7 @@ def test_a_malicious_file_is_named_as_such_on_its_card_and_under_the_image(webui
 
 
 def test_train_status_shows_what_the_data_notes_say(webui):
-    from hypernet.webui import tabs
+    from hypernet.ui import tabs
     html = tabs.status_html({"job_id": "j", "name": "style", "state": "running", "step": 1, "total": 5,
                              "notes": ["skipped 1 of 3 images: bad.png (not a readable image)"]})
     assert "Note: skipped 1 of 3 images: bad.png" in html

@@ -198,8 +198,9 @@ def test_train_input_errors_name_the_field(webui, data_dir):
 
 # ---------------------------------------------------------------------------------------------- where training writes
 def _log_folder():
-    from hypernet.webui.actions import default_log_dir
-    return Path(default_log_dir())
+    from hypernet.ui.actions import default_log_dir
+    from hypernet.webui.state import get_state
+    return Path(default_log_dir(get_state()))
 
 
 def test_train_writes_outside_the_folders_are_refused_naming_the_field(webui, data_dir, tmp_path):

@@ -1,18 +1,16 @@
 """Everything that touches the webui's `modules` lives here and is imported only inside the webui.
 
-One file per concern (the layout of the webui's own extensions-builtin/Lora):
-    state.py     the extension's runtime state (library, current attachment, hashes, jobs)
+What the webui's tabs share with the standalone UI (tabs, actions, jobs, state, settings table, card facts) is
+hypernet/ui/, which never imports `modules`; this package subclasses or plugs into it. One file per concern (the
+layout of the webui's own extensions-builtin/Lora):
+    state.py     HypernetState: ui/state.py's LibraryState over the webui's folder, model and hash cache
     network.py   the 'hypernet' ExtraNetwork: <hypernet:name:strength> tags      (imports modules at import time)
     page.py      the "Hypernetworks" cards page                                   (imports modules at import time)
-    cards.py     what a card / API entry says about a file
-    metadata.py  a file's metadata without loading its weights
     infotext.py  "Hypernet hashes" and legacy "Hypernet:" fields when pasting
-    settings.py  the "Hypernet" settings section and its accessor
+    settings.py  the "Hypernet" settings section, and the reader that makes ui/settings.value() read it
     messages.py  warnings under the image, in the console, as a popup
-    training.py  a training job queued behind generations (or, standalone, behind a plain lock)
-    actions.py   create a file / start a job from loosely typed fields (API, tabs, standalone UI)
-    tabs.py      the Create and Train tabs, built from the option dataclasses (gradio 3.41 and 4)
-    ui.py        where the tabs go: under Train in AUTOMATIC1111, a top-level tab in Forge
+    training.py  WebuiRuntime: a training job (ui/jobs.py) queued behind generations
+    ui.py        where the tabs (ui/tabs.py) go: under Train in AUTOMATIC1111, a top-level tab in Forge
     api.py       /hypernet/v1/ routes
 
 Only register() is called from scripts/hypernet_extension.py; network.py and page.py are imported from the
@@ -63,6 +61,7 @@ def register() -> None:
     from . import api, infotext, messages, settings, ui
 
     messages.ensure_console_handler()
+    settings.register_reader()
     script_callbacks.on_before_ui(before_ui, name="hypernet_before_ui")
     script_callbacks.on_ui_settings(settings.on_ui_settings, name="hypernet_settings")
     script_callbacks.on_infotext_pasted(infotext.on_infotext_pasted, name="hypernet_infotext")

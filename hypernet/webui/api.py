@@ -24,9 +24,10 @@ import dataclasses
 from typing import Any, Optional
 
 from ..config import CreateOptions, TrainOptions
-from . import actions
-from .actions import CREATE_FIELDS, TRAIN_FIELDS
+from ..ui import actions
+from ..ui.actions import CREATE_FIELDS, TRAIN_FIELDS
 from .state import HypernetState, get_state
+from .training import WebuiRuntime
 
 PREFIX = "/hypernet/v1"
 _EXTRA_FIELDS = ("hypernetwork", "format")
@@ -148,7 +149,7 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
     dependencies = [_basic_auth(auth)] if auth else []
 
     def list_hypernetworks(hashes: bool = Query(False, description="hash files whose hash is not cached")):
-        from .cards import listing
+        from ..ui.cards import listing
         st = the_state()
         st.library.refresh()
         entries = st.entries()
@@ -169,7 +170,7 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
 
     def train(body: TrainRequest = Body(...)):  # type: ignore[valid-type]
         try:
-            job = actions.start_training(the_state(), _dump(body))
+            job = actions.start_training(the_state(), _dump(body), WebuiRuntime())
         except actions.ActionError as exc:
             raise _error(exc.status, exc.field, str(exc)) from None
         options = job.options

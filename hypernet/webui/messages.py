@@ -59,7 +59,7 @@ def warn(p, text: str) -> None:
         if seen is not None:
             seen.add(text)
         log.warning(text)
-        from .settings import value
+        from ..ui.settings import value
         if value("warning_popup"):
             _popup(text)
 

@@ -21,8 +21,10 @@ from ..errors import HypernetError, NotFoundError, TagError
 from ..tags import drop_empty, parse_args
 from . import messages
 from .infotext import HASHES_FIELD, infotext_name
-from .settings import value, webui_option
-from .state import Applied, HypernetState, clear_builtin, get_state
+from ..ui.settings import value
+from ..ui.state import Applied
+from .settings import webui_option
+from .state import HypernetState, clear_builtin, get_state
 
 
 class ExtraNetworkHypernet(extra_networks.ExtraNetwork):

@@ -20,8 +20,9 @@ from modules import ui_extra_networks
 from modules.ui_extra_networks import quote_js
 
 from ..library import Entry
-from .cards import card_facts, user_metadata
-from .settings import value, webui_option
+from ..ui.cards import card_facts, user_metadata
+from ..ui.settings import value
+from .settings import webui_option
 from .state import HypernetState, get_state
 
 TITLE = "Hypernetworks"

@@ -6,7 +6,8 @@ the first did not run; no fork detection is needed.
 """
 from __future__ import annotations
 
-from .tabs import Panel, build_create_tab, build_train_tab, wire
+from ..ui.tabs import Panel, build_create_tab, build_train_tab, wire
+from .training import WebuiRuntime
 
 _built = {"train_tabs": False}
 
@@ -15,7 +16,8 @@ def on_ui_train_tabs(params) -> None:
     """AUTOMATIC1111: "Create hypernet" and "Train hypernet" beside the built-in Train sub-tabs."""
     import gradio as gr
     from .state import get_state
-    panel = Panel(get_state(), txt2img_preview=list(getattr(params, "txt2img_preview_params", None) or []) or None)
+    preview = list(getattr(params, "txt2img_preview_params", None) or []) or None
+    panel = Panel(get_state(), WebuiRuntime(), txt2img_preview=preview)
     # javascript/hypernet.js moves each tab's side column into the webui's right-hand column while the tab is shown
     with gr.Tab("Create hypernet", id="hypernet_create_tab", elem_id="hypernet_create_tab"):
         create = build_create_tab(gr, panel)
@@ -31,7 +33,7 @@ def on_ui_tabs():
         return []
     import gradio as gr
     from .state import get_state
-    panel = Panel(get_state())
+    panel = Panel(get_state(), WebuiRuntime())
     with gr.Blocks(analytics_enabled=False) as blocks:
         with gr.Tabs():
             with gr.Tab("Create"):

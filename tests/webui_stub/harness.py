@@ -45,6 +45,8 @@ def stub_modules(tmp_path: Path):
         torch.load = real_torch_load
         if "hypernet.webui.state" in sys.modules:
             sys.modules["hypernet.webui.state"].reset_state()
+        from hypernet.ui.settings import set_reader
+        set_reader(None)  # hypernet.ui stays imported: forget the webui's settings reader
         sys.path.remove(str(STUB))
         _purge()
 

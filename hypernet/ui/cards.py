@@ -5,10 +5,10 @@ import json
 import os
 
 from ..library import Entry
-from .state import HypernetState
+from .state import LibraryState
 
 
-def card_facts(state: HypernetState, entry: Entry, unet) -> dict:
+def card_facts(state: LibraryState, entry: Entry, unet) -> dict:
     """The metadata shown for a file (cheap: header only, cached): shape, training step, base model, fit."""
     try:
         facts = state.describe(entry)
@@ -51,7 +51,7 @@ def user_metadata(path_without_ext: str) -> dict:
         return {}
 
 
-def listing(state: HypernetState, entry: Entry, name: str, unet, *, compute_hash: bool = False) -> dict:
+def listing(state: LibraryState, entry: Entry, name: str, unet, *, compute_hash: bool = False) -> dict:
     """One API list entry: the card's facts plus file identity."""
     digest = state.sha256(entry, compute=compute_hash)
     return {"name": name, "filename": entry.path, "relpath": entry.relpath, "format": entry.format,

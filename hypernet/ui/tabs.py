@@ -1,7 +1,7 @@
 """The Create and Train tabs, built with gradio from the option dataclasses (works with gradio 3.41 and 4.x).
 
 Every creation and training option becomes one component whose default, help text and choices come from the field
-of CreateOptions / TrainOptions, so a default lives in one place. The buttons call webui/actions.py, the same code
+of CreateOptions / TrainOptions, so a default lives in one place. The buttons call ui/actions.py, the same code
 as the HTTP API. The tabs need a `Panel`: the state (folder, jobs) and the runtime jobs run in; the webui, Forge and
 the standalone UI each give their own. Nothing here imports the webui's `modules`.
 """
@@ -37,7 +37,7 @@ class Panel:
     """What the tabs act on: the state (library folder, jobs), where jobs run, and optional txt2img inputs."""
 
     state: object
-    runtime: object = None
+    runtime: object                                # where jobs run: LocalRuntime, or the webui's WebuiRuntime
     txt2img_preview: Optional[Sequence] = None     # gradio components, in TXT2IMG_PREVIEW_FIELDS order
     log_dir: Optional[str] = None                  # the Log dir box's value (None: the setting / webui default)
 
@@ -270,7 +270,7 @@ def build_train_tab(gr, panel: Panel):
     (elem_id hypernet_train_side, kept in view while the form scrolls; the webui's page script moves it into the
     webui's own right column): the buttons, the status, the live loss plot and the previews."""
     c: Dict[str, object] = {}
-    defaults = {"log_dir": panel.log_dir or actions.default_log_dir()}
+    defaults = {"log_dir": panel.log_dir or actions.default_log_dir(panel.state)}
     option_comps: Dict[str, object] = {}
 
     def options(fields) -> None:

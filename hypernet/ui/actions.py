@@ -36,27 +36,20 @@ def _config_error(exc: ConfigError) -> ActionError:
     return ActionError(422, exc.field, str(exc))
 
 
-def default_log_dir() -> str:
-    """The "log folder" setting, else <webui data folder>/textual_inversion (the built-in Train tab's default)."""
-    configured = value("log_dir")
-    if configured:
-        return configured
-    try:
-        from modules import paths_internal
-        base = paths_internal.data_path
-    except (ImportError, AttributeError):
-        base = os.getcwd()
-    return os.path.join(base, "textual_inversion")
+def default_log_dir(state) -> str:
+    """The "log folder" setting, else <state.data_folder()>/textual_inversion (in the webui its data folder, the
+    built-in Train tab's default)."""
+    return value("log_dir") or os.path.join(state.data_folder(), "textual_inversion")
 
 
 def log_folder(state) -> str:
     """The folder training runs must stay in: the state's own (standalone UI: --log-dir), else default_log_dir()."""
-    return getattr(state, "log_folder", None) or default_log_dir()
+    return state.log_folder or default_log_dir(state)
 
 
 def any_path_allowed(state) -> bool:
     """Whether a UI/API request may write outside the hypernetwork and log folders (setting or --allow-any-path)."""
-    return bool(getattr(state, "allow_any_path", False)) or bool(value("allow_any_path"))
+    return bool(state.allow_any_path) or bool(value("allow_any_path"))
 
 
 def _within(folder: str, path: str) -> bool:
@@ -207,10 +200,10 @@ def _placed(state, options: TrainOptions, name: str, fmt: str, source: Optional[
     return options.replace(output=output, log_dir=log_dir, latent_cache_dir=cache)
 
 
-def start_training(state, fields: dict, runtime=None):
-    """Start a TrainJob from TrainOptions fields plus `hypernetwork` (a file to continue) or CreateOptions fields
-    with `name` (a new file) and `format`. None values mean the default. Returns the started job."""
-    from .training import TrainJob
+def start_training(state, fields: dict, runtime):
+    """Start a TrainJob in `runtime` from TrainOptions fields plus `hypernetwork` (a file to continue) or
+    CreateOptions fields with `name` (a new file) and `format`. None values mean the default. Returns the job."""
+    from .jobs import TrainJob
     fields = {k: v for k, v in fields.items() if v is not None}
     source = fields.pop("hypernetwork", None)
     fmt = save_format(fields.pop("format", None))
