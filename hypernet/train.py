@@ -567,6 +567,8 @@ class Trainer:
     def _finish_modules(self) -> None:
         if self.opts.gradient_checkpointing and hasattr(self.host, "disable_gradient_checkpointing"):
             self.host.disable_gradient_checkpointing()
+        if hasattr(self.host, "close"):  # a host that changed the model for training undoes it
+            self.host.close()
         self.hn.eval()
         self.hn.requires_grad_(False)
 

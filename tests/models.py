@@ -163,6 +163,20 @@ def forward(unet: nn.Module, batch: int = 2, seed: int = 0, **kwargs) -> torch.T
     return call_unet(unet, **unet_inputs(unet, batch, seed, **kwargs))
 
 
+def _forge_block_forward(block):
+    """ldm's BasicTransformerBlock computed the way Forge's is: residual adds in place (`x += n`)."""
+    def forward(x, context=None):
+        n = block.attn1(block.norm1(x), context=context if block.disable_self_attn else None)
+        x += n
+        n = block.attn2(block.norm2(x), context=context)
+        x += n
+        skip = x
+        x = block.ff(block.norm3(x))
+        x += skip
+        return x
+    return forward
+
+
 def as_inference_tensors(module: nn.Module) -> nn.Module:
     """Make every parameter and buffer of `module` an inference tensor, as if it had been built under
     torch.inference_mode() (what Forge does with every model it loads)."""
@@ -186,13 +200,17 @@ class StandInForge:
     quant_conv, scaling_factor and shift_factor; get_learned_conditioning runs under torch.inference_mode.
 
     As in Forge (backend/loader.py forge_loader and sd_models.forge_model_reload run under torch.inference_mode),
-    every weight and buffer of the given modules becomes an inference tensor, in place."""
+    every weight and buffer of the given modules becomes an inference tensor, in place; and the UNet's transformer
+    blocks add into their input in place, as Forge's backend/nn/unet.py BasicTransformerBlock does."""
 
     def __init__(self, unet: nn.Module, prediction_type: str = "epsilon", text_encoder=None, tokenizer=None):
         from types import SimpleNamespace
         for module in (unet, text_encoder):
             if module is not None:
                 as_inference_tensors(module)
+        for block in unet.modules():
+            if type(block).__name__ == "BasicTransformerBlock":
+                block._forward = _forge_block_forward(block)
         kmodel = nn.Module()
         kmodel.diffusion_model = unet
         kmodel.predictor = nn.Module()

@@ -345,7 +345,9 @@ def test_webui_host_trains_the_ldm_unet_with_block_checkpointing(data_dir, tmp_p
     assert not any("forward" in vars(b) for b in host._checkpointing.blocks)  # checkpointing undone
 
 
-def test_forge_host_trains_forges_unet_through_its_kmodel(data_dir, tmp_path):
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_forge_host_trains_forges_unet_through_its_kmodel(data_dir, tmp_path, checkpointing):
+    """Forge's weights are inference tensors and its blocks add into their input in place; both are mimicked."""
     from hypernet.hosts.webui import ForgeHost, make_host
     from models import StandInForge, tiny_ldm_unet
     model = StandInForge(tiny_ldm_unet(context_dim=32), "v_prediction", text_encoder=tiny.pipeline("sd1", seed=3)
@@ -355,10 +357,13 @@ def test_forge_host_trains_forges_unet_through_its_kmodel(data_dir, tmp_path):
     assert host.identity()["host"] == "forge"
     hn = hypernet.create(dims=host.model_dims(), name="forge", seed=0)
     start, unet_before = state(hn), state(host.unet)
-    result = train(host, opts(data_dir, tmp_path, steps=3, gradient_checkpointing=True), hn, show_progress=False)
+    result = train(host, opts(data_dir, tmp_path, steps=3, gradient_checkpointing=checkpointing), hn,
+                   show_progress=False)
     assert result.step == 3 and not same_state(start, state(hn))
     assert same_state(unet_before, state(host.unet))
     assert not any(t.is_inference() for t in host.kmodel.state_dict().values())
+    norms = [getattr(m, n) for m in host.unet.modules() if hasattr(m, "attn1") for n in ("norm1", "norm2", "norm3")]
+    assert norms and not any(norm._forward_pre_hooks for norm in norms)   # training's hooks are gone
     with torch.inference_mode():                          # Forge's generation afterwards, as before
         x = torch.randn(1, 4, 8, 8)
         out = host.unet(x, torch.tensor([10.0]), context=torch.randn(1, 77, 32), control=None,

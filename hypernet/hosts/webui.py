@@ -18,14 +18,17 @@ from ..errors import HypernetError
 class BlockCheckpointing:
     """Recompute ldm/sgm transformer and res blocks in backward (non-reentrant, so hooks keep their gradients)."""
 
-    def __init__(self, unet: torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, copy_input: bool = False):
+        """`copy_input`: for blocks that add into their input in place (Forge's), whose recompute in backward
+        needs that input as it was."""
         self.blocks = [m for m in unet.modules()
                        if type(m).__name__ in ("BasicTransformerBlock", "ResBlock") and hasattr(m, "_forward")]
+        self.copy_input = copy_input
 
     def enable(self) -> None:
         from torch.utils.checkpoint import checkpoint
         for block in self.blocks:
-            inner = block._forward
+            inner = _on_a_copy(block._forward) if self.copy_input else block._forward
             block.forward = (lambda inner: lambda *args, **kwargs: checkpoint(
                 inner, *args, use_reentrant=False, **kwargs))(inner)
 
@@ -34,8 +37,15 @@ class BlockCheckpointing:
             block.__dict__.pop("forward", None)
 
 
+def _on_a_copy(forward: Callable) -> Callable:
+    """`forward` run on a copy of its first argument, leaving the caller's tensor untouched."""
+    return lambda x, *args, **kwargs: forward(x.clone(), *args, **kwargs)
+
+
 class WebuiHost:
     """Trainer-facing adapter for the webui's `shared.sd_model`."""
+
+    adds_in_place = False  # ldm and sgm blocks compute residuals out of place
 
     def __init__(self, sd_model, device=None, sampler: Optional[Callable] = None):
         self.sd_model = sd_model
@@ -44,7 +54,7 @@ class WebuiHost:
         self.device = torch.device(device) if device is not None else first.device
         self.dtype = self.compute_dtype or first.dtype
         self._sampler = sampler
-        self._checkpointing = BlockCheckpointing(self.unet)
+        self._checkpointing = BlockCheckpointing(self.unet, copy_input=self.adds_in_place)
 
     def _read_model(self, sd_model) -> None:
         """UNet, VAE, noise schedule and latent scaling of an ldm LatentDiffusion / sgm DiffusionEngine."""
@@ -176,6 +186,8 @@ class ForgeHost(WebuiHost):
     """Trainer-facing adapter for Forge's model (backend/diffusion_engine): same UNet blocks as ldm, a diffusers-
     style VAE with process_in, and a KModel whose predictor holds the noise schedule."""
 
+    adds_in_place = True  # backend/nn/unet.py BasicTransformerBlock: `x += n`
+
     def _read_model(self, sd_model) -> None:
         objects = sd_model.forge_objects
         self.kmodel = objects.unet.model
@@ -184,6 +196,7 @@ class ForgeHost(WebuiHost):
         self.is_sdxl = bool(getattr(sd_model, "is_sdxl", False))
         self._load_to_device(objects.unet)
         release_inference_tensors(self.kmodel)  # after the move: the tensors on the training device
+        self._copy_hooks: list = []
         # Forge may store weights in fp8/fp16 and compute in another dtype; its Linear layers cast per call.
         self.compute_dtype = getattr(self.kmodel, "computation_dtype", None)
         predictor = self.kmodel.predictor
@@ -212,5 +225,27 @@ class ForgeHost(WebuiHost):
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         context, extra = (cond["crossattn"], {"y": cond["vector"].to(self.dtype)}) if isinstance(cond, dict) \
             else (cond, {})
+        if not self._copy_hooks:
+            self._copy_hooks = [m.register_forward_pre_hook(_copy_input_for_autograd) for m in self._block_norms()]
         return self.unet(x_t.to(self.device, self.dtype), t.to(self.device).float(),
                          context=context.to(self.dtype), control=None, transformer_options={}, **extra).float()
+
+    def close(self) -> None:
+        """Take our hooks off Forge's UNet once training is over."""
+        for handle in self._copy_hooks:
+            handle.remove()
+        self._copy_hooks = []
+
+    def _block_norms(self) -> list:
+        """The layer norms of Forge's transformer blocks: its forward then adds into their input in place
+        (`x += attn1(norm1(x))`, backend/nn/unet.py), which would change what autograd saved for them."""
+        return [getattr(m, name) for m in self.unet.modules() if hasattr(m, "attn1")
+                for name in ("norm1", "norm2", "norm3") if isinstance(getattr(m, name, None), torch.nn.Module)]
+
+
+def _copy_input_for_autograd(module, args):
+    """A copy of the first input while autograd records (training, and checkpointing's recompute in backward),
+    so the caller's later in-place add cannot change what this module saved; nothing otherwise."""
+    if not torch.is_grad_enabled():
+        return None
+    return (args[0].clone(),) + tuple(args[1:])
