@@ -175,7 +175,7 @@ class LibraryState:
                 hit = (stamp, _metadata.read(entry.path))
             except HypernetError as exc:
                 hit = (stamp, exc)
-                log.warning("hypernet: %s", exc)
+                log.warning("%s", exc)
             with self.lock:
                 self._facts[entry.path] = hit
         if isinstance(hit[1], HypernetError):
