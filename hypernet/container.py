@@ -11,6 +11,7 @@ safe.py) changes nothing here.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import json
 import math
@@ -54,8 +55,9 @@ WEBUI_GLOBALS = frozenset({
 WEBUI_MEMBER = re.compile(r"^([^/]+)/((data/\d+)|version|byteorder|\.data/serialization_id|(data\.pkl))$")
 
 
+@functools.lru_cache(maxsize=None)
 def element_size(dtype: torch.dtype) -> int:
-    """Bytes per element of a dtype."""
+    """Bytes per element of a dtype (asked for every tensor of every file, so remembered)."""
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -560,10 +562,6 @@ class Reader:
         if ref.whole():
             return base.view(ref.shape)
         return base.as_strided(ref.shape, ref.stride, ref.offset).clone()
-
-    def forget(self, ref: TensorRef) -> None:
-        """Drop the reader's hold on a storage once its tensor has been taken."""
-        self._storages.pop(ref.storage.key, None)
 
     def materialize(self, obj):
         """The object with every TensorRef replaced by its tensor (for .optim sidecars and tests)."""

@@ -69,15 +69,18 @@ class DatasetError(HypernetError):
 # ---------------------------------------------------------------------------------------------- finding images
 def scan_images(folder, recursive: bool = False) -> Tuple[List[str], List[str]]:
     """Image files under `folder` in a stable order, and the other visible files passed over (captions excepted)."""
+    images, others, _ = scan_folder(folder, recursive)
+    return images, others
+
+
+def scan_folder(folder, recursive: bool = False) -> Tuple[List[str], List[str], List[str]]:
+    """(images, other visible files, caption .txt files) under `folder`, each in a stable order, in one walk."""
     root = _check_folder(folder)
-    images, others = [], []
+    images, others, captions = [], [], []
     for path in _walk(root, recursive):
         suffix = path.suffix.lower()
-        if suffix in IMAGE_EXTENSIONS:
-            images.append(path)
-        elif suffix != ".txt":
-            others.append(path)
-    return _sorted_paths(images, root), _sorted_paths(others, root)
+        (images if suffix in IMAGE_EXTENSIONS else captions if suffix == ".txt" else others).append(path)
+    return _sorted_paths(images, root), _sorted_paths(others, root), _sorted_paths(captions, root)
 
 
 def _check_folder(folder) -> Path:
@@ -413,10 +416,8 @@ class TrainingSet:
         self.lines = load_template(options.template)
         if options.filename_regex:
             compile_filename_regex(options.filename_regex)
-        paths, self.ignored = scan_images(options.data, options.recursive)
+        paths, self.ignored, self.caption_files = scan_folder(options.data, options.recursive)
         self.all_paths = list(paths)
-        self.ignored_captions = [str(p) for p in _walk(Path(str(options.data)).expanduser(), options.recursive)
-                                 if p.suffix.lower() == ".txt"]
         if not paths:
             raise DatasetError(options.data, self._no_images_message())
         self.bucket_sizes = (make_buckets(options.width, options.height) if options.resize == "buckets"
@@ -494,7 +495,7 @@ class TrainingSet:
     def orphan_captions(self) -> List[str]:
         """.txt files in the folder whose image is missing (a renamed image, or a caption for a skipped format)."""
         stems = {os.path.splitext(p)[0] for p in self.all_paths}
-        return [p for p in self.ignored_captions if os.path.splitext(p)[0] not in stems]
+        return [p for p in self.caption_files if os.path.splitext(p)[0] not in stems]
 
     def _report_skipped(self, total: int) -> None:
         """One summary warning naming every skipped image."""

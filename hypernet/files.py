@@ -23,7 +23,7 @@ from . import compat
 from .config import ACTIVATIONS, MAX_WIDTH, WEIGHT_INITS, CreateOptions, parse_dropout_structure
 from .container import (Reader, TensorRef, brief, load_object, parse_json, read as read_container,
                         webui_refusal)
-from .errors import ConfigError, FileFormatError, HypernetError, UnsafeFileError
+from .errors import ConfigError, FileFormatError, HypernetError
 from .network import Hypernetwork
 
 PT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -190,12 +190,6 @@ def save_optimizer(path, optimizer_name: str, optimizer_state: dict, extra: Opti
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return (first[:200] + "...") if len(first) > 200 else first
-
-
 def _what_is_it(obj: dict) -> str:
     keys = [k for k in obj.keys() if isinstance(k, str)][:50]
     if "string_to_param" in keys or "emb_params" in keys:
@@ -414,20 +408,26 @@ def readers_of(hn: Hypernetwork, fmt: str) -> dict:
     return compat.readers(fmt, metadata_dict(hn), None)
 
 
-def inspect(path) -> Hypernetwork:
-    """A file's hypernetwork with its weights left unread (meta device): every check but finiteness, at once."""
+def _read(path: Path, with_weights: bool) -> Hypernetwork:
+    """The one path from a file to a Hypernetwork: container checks, layout checks, then (if asked) the weights."""
     found = _container(path)
     obj = _layout(found, path)
-    return _with_readers(hypernetwork_from_state(obj, Path(path), limit=_max_parameter_bytes(found)), found, obj)
+    limit = _max_parameter_bytes(found)
+    if not with_weights:
+        return _with_readers(hypernetwork_from_state(obj, path, limit=limit), found, obj)
+    with Reader(found) as reader:
+        return _with_readers(hypernetwork_from_state(obj, path, reader, limit=limit), found, obj)
+
+
+def inspect(path) -> Hypernetwork:
+    """A file's hypernetwork with its weights left unread (meta device): every check but finiteness, at once."""
+    return _read(Path(path), with_weights=False)
 
 
 def load(path, *, with_optimizer: bool = False) -> Hypernetwork:
     """Read a hypernetwork from .pt (webui or NovelAI layout) or .safetensors; never runs code from the file."""
     path = Path(path)
-    found = _container(path)
-    obj = _layout(found, path)
-    with Reader(found) as reader:
-        hn = _with_readers(hypernetwork_from_state(obj, path, reader, limit=_max_parameter_bytes(found)), found, obj)
+    hn = _read(path, with_weights=True)
     if with_optimizer:
         state = load_optimizer(path)
         if state is not None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import hypernet
-from hypernet import compat, files
+from hypernet import compat
 from hypernet.container import load_object
 
 ACTS = {"linear": torch.nn.Identity, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "elu": torch.nn.ELU}

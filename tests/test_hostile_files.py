@@ -3,7 +3,6 @@ import collections
 import io
 import json
 import os
-import pickle
 import struct
 import subprocess
 import sys

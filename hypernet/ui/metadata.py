@@ -18,10 +18,10 @@ def read(path: str) -> dict:
 def from_hypernetwork(hn) -> dict:
     """The same facts from a Hypernetwork, loaded or inspected."""
     c = hn.config
+    readers = dict(hn.readers or readers_of(hn, "pt"))  # a Hypernetwork not read from a file: as we would save it
     return {"name": c.name, "dims": hn.dims, "layer_structure": list(c.layer_structure), "activation": c.activation,
             "layer_norm": c.layer_norm, "dropout_structure": list(c.dropout_structure),
             "activate_output": c.activate_output, "weight_init": c.weight_init, "step": hn.step,
             "sd_checkpoint": hn.sd_checkpoint, "sd_checkpoint_name": hn.sd_checkpoint_name,
             "optional_info": hn.optional_info, "parameters": hn.parameter_count(), "made_for": made_for(hn.dims),
-            "readers": dict(hn.readers or readers_of(hn, "pt")),
-            "same_math": summary(hn.readers or readers_of(hn, "pt"))}
+            "readers": readers, "same_math": summary(readers)}
