@@ -222,6 +222,10 @@ def _cmd_train(args) -> int:
     print(f"{result.stopped} at step {result.step}: {result.output}")
     print(f"run folder: {result.run_dir} (hypernetwork_loss.csv, loss.png, settings.json, "
           f"{len(result.saved)} copies, {len(result.previews)} previews)")
+    if result.val_losses:
+        curve = ", ".join(f"{loss:.5f} at {step}" for step, loss in result.val_losses)
+        share = result.validation_seconds / max(result.seconds, 1e-9)
+        print(f"validation loss: {curve} (scoring took {share:.1%} of the run)")
     return 0
 
 

@@ -334,6 +334,12 @@ class TrainOptions:
     save_optimizer_state: bool = _opt(True, "write a .optim beside each save, for exact resume", group="output")
     log_every: int = _opt(10, "write a loss CSV row every N steps", group="output")
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)", group="output")
+    validation_every: int = _opt(100, "score the fixed validation draws every N steps and at every save "
+                                 "(0 = never); a smooth curve to pick the copy before over-training",
+                                 group="validation")
+    validation_draws: int = _opt(8, "fixed (image, noise, timestep) draws in the validation set", group="validation")
+    validation_images: int = _opt(0, "images set aside for validation and never trained on (0: the draws come "
+                                  "from the training images, for small folders)", group="validation")
     preview_every: int = _opt(500, "generate a preview image every N steps (0 = never)",
                               group="preview", essential=True)
     preview_prompt: str = _opt("", "preview prompt (empty: the current batch's caption)", group="preview")
@@ -355,14 +361,14 @@ class TrainOptions:
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f.name, f"unknown value {value!r}; accepted: {', '.join(choices)}")
         positive = ("width", "height", "steps", "batch_size", "gradient_accumulation", "preview_steps",
-                    "max_nan_steps")
+                    "max_nan_steps", "validation_draws")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
         for name in ("width", "height"):
             if getattr(self, name) % 8:
                 raise ConfigError(name, f"must be a multiple of 8, got {getattr(self, name)}")
-        for name in ("save_every", "preview_every", "log_every", "lr_warmup_steps", "keep_tags",
+        for name in ("save_every", "preview_every", "log_every", "validation_every", "validation_images", "lr_warmup_steps", "keep_tags",
                      "preview_width", "preview_height", "weight_decay", "eps", "min_snr_gamma", "noise_offset"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")

@@ -578,6 +578,33 @@ class TrainingSet:
             groups.setdefault(tuple(item.latents[0][0].shape), []).append(index)
         return dict(sorted(groups.items()))
 
+    # ------------------------------------------------------------------ validation
+    def hold_out(self, count: int, rng: random.Random) -> List[_Item]:
+        """Take `count` images out of training (chosen by `rng` from the sorted files) and return them."""
+        if count >= len(self._items):
+            raise ConfigError("validation_images", f"{count} images set aside would leave none of the "
+                                                   f"{len(self._items)} usable images in {self.options.data} to "
+                                                   "train on; set aside fewer, or 0 to draw from the training images")
+        chosen = set(rng.sample(range(len(self._items)), count))
+        held = [item for i, item in enumerate(self._items) if i in chosen]
+        self._items = [item for i, item in enumerate(self._items) if i not in chosen]
+        self._groups = self._group_by_latent_size()
+        return held
+
+    def example(self, item: _Item, rng: random.Random) -> Tuple[torch.Tensor, str, Optional[torch.Tensor]]:
+        """One fixed (latent, prompt, weight) of an item: unflipped, the stored latent, a template line from `rng`
+        with tags neither shuffled nor dropped, so it reads the same at every evaluation."""
+        prompt = render_prompt(rng.choice(self.lines), self.name, item.caption, rng)
+        weight = item.weight if self.options.use_alpha_weight else None
+        if weight is None and self.options.use_alpha_weight:
+            weight = torch.ones((1,) + tuple(item.latents[0][0].shape[-2:]), device=item.latents[0][0].device)
+        return item.latents[0][0], prompt, weight
+
+    @property
+    def items(self) -> List[_Item]:
+        """The images that train, in sorted file order."""
+        return list(self._items)
+
     # ------------------------------------------------------------------ what the trainer reads
     def __len__(self) -> int:
         return len(self._items)

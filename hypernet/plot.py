@@ -1,7 +1,7 @@
 """A loss curve drawn with Pillow alone, so training needs no plotting library."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
@@ -18,28 +18,36 @@ def moving_average(values: Sequence[float], window: int) -> list:
 
 
 def draw_loss(steps: Sequence[int], losses: Sequence[float], path, title: str = "loss",
-              size=(800, 400)) -> None:
+              size=(800, 400), validation: Optional[Tuple[Sequence[int], Sequence[float]]] = None) -> None:
     """Write render_loss's picture to `path` as a PNG, atomically."""
     import io
 
     from .files import atomic_write
     buf = io.BytesIO()
-    render_loss(steps, losses, title, size).save(buf, format="PNG")
+    render_loss(steps, losses, title, size, validation).save(buf, format="PNG")
     atomic_write(path, buf.getvalue())
 
 
-def render_loss(steps: Sequence[int], losses: Sequence[float], title: str = "loss", size=(800, 400)) -> Image.Image:
-    """Raw losses (light) and their moving average (dark) against steps, as an image."""
+VALIDATION_COLOUR = (220, 110, 20)
+
+
+def render_loss(steps: Sequence[int], losses: Sequence[float], title: str = "loss", size=(800, 400),
+                validation: Optional[Tuple[Sequence[int], Sequence[float]]] = None) -> Image.Image:
+    """Raw losses (light) and their moving average (dark) against steps, with the validation loss (orange, dots)
+    when given as (steps, values), as an image."""
     w, h = size
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     left, right, top, bottom = 60, w - 20, 30, h - 40
     d.rectangle([left, top, right, bottom], outline=(120, 120, 120))
     d.text((left, 8), title, fill=(0, 0, 0))
+    val_steps, val_values = validation if validation and validation[0] else ((), ())
     if steps:
-        lo, hi = min(losses), max(losses)
+        lo, hi = min(list(losses) + list(val_values)), max(list(losses) + list(val_values))
         hi = hi if hi > lo else lo + 1e-12
-        s0, s1 = steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 1
+        s0 = min([steps[0]] + list(val_steps))
+        s1 = max([steps[-1]] + list(val_steps))
+        s1 = s1 if s1 > s0 else s0 + 1
 
         def xy(s, v):
             return (left + (s - s0) / (s1 - s0) * (right - left), bottom - (v - lo) / (hi - lo) * (bottom - top))
@@ -51,8 +59,20 @@ def render_loss(steps: Sequence[int], losses: Sequence[float], title: str = "los
                 d.line(points, fill=colour, width=2)
             else:
                 d.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=colour)
+        _draw_validation(d, [xy(s, v) for s, v in zip(val_steps, val_values)])
+        if val_values:
+            d.text((right - 260, 8), f"validation (orange): {val_values[-1]:.5g} at step {val_steps[-1]}",
+                   fill=VALIDATION_COLOUR)
         d.text((4, top), f"{hi:.4g}", fill=(0, 0, 0))
         d.text((4, bottom - 10), f"{lo:.4g}", fill=(0, 0, 0))
         d.text((left, bottom + 8), str(s0), fill=(0, 0, 0))
-        d.text((right - 40, bottom + 8), str(steps[-1]), fill=(0, 0, 0))
+        d.text((right - 40, bottom + 8), str(s1), fill=(0, 0, 0))
     return img
+
+
+def _draw_validation(d: ImageDraw.ImageDraw, points: list) -> None:
+    """The validation curve: a line through dots, so single evaluations still show."""
+    if len(points) > 1:
+        d.line(points, fill=VALIDATION_COLOUR, width=2)
+    for x, y in points:
+        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=VALIDATION_COLOUR)

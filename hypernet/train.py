@@ -4,9 +4,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import io
 import json
 import logging
-import math
 import os
 import random
 import secrets
@@ -20,7 +20,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from . import schedule
+from . import schedule, validation
 from .attach import attach
 from .config import CreateOptions, TrainOptions
 from .errors import HypernetError
@@ -28,7 +28,8 @@ from .files import atomic_write, load, save_optimizer
 from .network import Hypernetwork
 
 log = logging.getLogger("hypernet")
-CSV_COLUMNS = ("step", "epoch", "epoch_step", "loss", "learn_rate")
+# The webui's columns first (its tools read them by position); val_loss is ours, empty where not evaluated.
+CSV_COLUMNS = ("step", "epoch", "epoch_step", "loss", "learn_rate", "val_loss")
 TRAINER_STATE_KEY = "hypernet_trainer_state"  # extra .optim key; the webui ignores keys it does not know
 
 
@@ -157,6 +158,9 @@ class TrainResult:
     saved: list = field(default_factory=list)
     previews: list = field(default_factory=list)
     skipped_steps: int = 0
+    val_losses: list = field(default_factory=list)   # (step, validation loss) at each evaluation
+    validation_seconds: float = 0.0                  # time spent scoring the validation draws
+    seconds: float = 0.0                             # the whole loop, validation included
 
 
 @dataclass
@@ -172,6 +176,7 @@ class Progress:
     it_per_s: float
     preview: Optional[str] = None
     saved: Optional[str] = None
+    val_loss: Optional[float] = None
 
 
 class _StopOnSigint:
@@ -227,6 +232,9 @@ class Trainer:
         self.optimizer = self.scaler = self.batches = self.board = self.bar = None
         self._loss_rows: list = []
         self._plot_points: tuple = ([], [])
+        self._val_points: tuple = ([], [])
+        self._csv_checked = False
+        self.validation: list = []   # the fixed validation draws (validation.Draw), built in _prepare
         self.notes: list = []   # what the user should know about the data, one line each (skipped images...)
 
     # ------------------------------------------------------------------------------------------ setup
@@ -304,21 +312,71 @@ class Trainer:
         gen = step_generator(self.seed, step, micro)
         x0 = batch.latents.to(device, torch.float32)
         noise = sample_noise(tuple(x0.shape), self.opts.noise_offset, gen).to(device)
-        t = sample_timesteps(x0.shape[0], self.opts.timestep_min,
-                             min(self.opts.timestep_max, len(self.host.alphas_cumprod)), gen).to(device)
+        t = sample_timesteps(x0.shape[0], self.opts.timestep_min, self._timestep_high(), gen).to(device)
+        # dropout draws from the global generator: seed it per step so a resumed run repeats it
+        dropout_seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
+        return self._loss(x0, noise, t, batch.prompts, batch.weights, dropout_seed).mean()
+
+    def _timestep_high(self) -> int:
+        return min(self.opts.timestep_max, len(self.host.alphas_cumprod))
+
+    def _loss(self, x0, noise, t, prompts, weights, dropout_seed: int) -> torch.Tensor:
+        """Per-sample weighted MSE of the UNet's prediction on x0 noised to timesteps t (training and validation)."""
+        device = self.host.device
         alpha_bar = self.host.alphas_cumprod.to(device)[t]
         x_t = noisy_latents(x0, noise, alpha_bar)
-        if self.opts.gradient_checkpointing:
+        if self.opts.gradient_checkpointing and torch.is_grad_enabled():
             x_t.requires_grad_(True)  # reentrant checkpoints pass gradients only when an input needs them
-        cond = self._conditioning(batch.prompts)
+        cond = self._conditioning(prompts)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), self._autocast():
-            # dropout draws from the global generator: seed it per step so a resumed run repeats it
-            torch.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
+            torch.manual_seed(dropout_seed)
             pred = self.host.predict(x_t, t, cond)
         losses = per_sample_loss(pred, target(self.host.prediction_type, x0, noise, alpha_bar),
-                                 None if batch.weights is None else batch.weights.to(device))
-        return (losses * min_snr_weight(alpha_bar, self.opts.min_snr_gamma, self.host.prediction_type)).mean()
+                                 None if weights is None else weights.to(device))
+        return losses * min_snr_weight(alpha_bar, self.opts.min_snr_gamma, self.host.prediction_type)
+
+    # ------------------------------------------------------------------------------------------ validation
+    def val_points(self) -> list:
+        """(step, validation loss) at each evaluation so far, the start included."""
+        return list(zip(*self._val_points))
+
+    def _build_validation(self, dataset) -> list:
+        """The fixed validation draws: from images set aside, or from the training images when none are."""
+        o = self.opts
+        if not o.validation_every:
+            return []
+        rng = random.Random(self.seed)
+        items = dataset.hold_out(o.validation_images, rng) if o.validation_images else dataset.items
+        examples = [(*dataset.example(item, rng), item.path) for item in items]
+        return validation.make_draws(examples, o.validation_draws, self.seed, o.timestep_min, self._timestep_high(),
+                                     o.noise_offset)
+
+    def _validate(self, step: int, result: TrainResult) -> Optional[float]:
+        """Mean loss over the fixed draws with dropout off and no gradients; recorded for the CSV and plot."""
+        if not self.validation:
+            return None
+        started = time.perf_counter()
+        device, total = self.host.device, 0.0
+        self.hn.eval()
+        try:
+            with torch.no_grad():
+                for chunk in validation.batches(self.validation, self.opts.batch_size):
+                    x0 = torch.stack([d.latent for d in chunk]).to(device, torch.float32)
+                    noise = torch.stack([d.noise for d in chunk]).to(device, torch.float32)
+                    t = torch.tensor([d.timestep for d in chunk], device=device)
+                    weights = None if chunk[0].weight is None else torch.stack([d.weight for d in chunk])
+                    total += float(self._loss(x0, noise, t, [d.prompt for d in chunk], weights, 0).sum())
+        finally:
+            self.hn.train()
+        value = total / len(self.validation)
+        result.validation_seconds += time.perf_counter() - started
+        result.val_losses.append((step, value))
+        self._val_points[0].append(step)
+        self._val_points[1].append(value)
+        if self.board is not None:
+            self.board.add_scalar("Loss/validation", value, step)
+        return value
 
     def _autocast(self):
         dtype = autocast_dtype(self.opts.mixed_precision, self.host.device)
@@ -359,6 +417,9 @@ class Trainer:
 
     def _append_csv(self, row) -> None:
         path = self.run_dir / "hypernetwork_loss.csv"
+        if not self._csv_checked and path.exists():
+            _upgrade_csv(path)
+        self._csv_checked = True
         new = not path.exists()
         with open(path, "a", newline="") as fh:
             writer = csv.writer(fh)
@@ -455,6 +516,7 @@ class Trainer:
         self.notes = dataset.notes()
         for note in self.notes:
             log.warning("%s: %s", opts.data, note)
+        self.validation = self._build_validation(dataset)
         log.info("training %s on %d images from %s", self.name, len(dataset), opts.data)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_settings()
@@ -476,6 +538,7 @@ class Trainer:
         opts = self.opts
         step, nan_run, window = self.start_step, 0, []
         started = time.perf_counter()
+        self._validate(step, result)  # where the curve starts: the file as it came in
         while step < opts.steps and not self.stop.is_set():
             lr = schedule.learning_rate(self.lr_schedule, step, opts.steps, opts.lr_warmup_steps, opts.lr_shape)
             loss, batch = self._accumulate(step, lr)
@@ -502,17 +565,23 @@ class Trainer:
                 self.board.add_scalar("Learn rate/train", lr, step)
             report = Progress(step, opts.steps, loss, lr, batch.epoch, batch.epoch_step,
                               (step - self.start_step) / max(time.perf_counter() - started, 1e-9))
-            if opts.log_every and (step % opts.log_every == 0 or step == opts.steps or self.stop.is_set()):
+            saving = bool(opts.save_every) and step % opts.save_every == 0
+            last = step == opts.steps or self.stop.is_set()
+            if opts.validation_every and (step % opts.validation_every == 0 or saving or last):
+                report.val_loss = self._validate(step, result)
+            if report.val_loss is not None or (opts.log_every and (step % opts.log_every == 0 or last)):
+                val = "" if report.val_loss is None else f"{report.val_loss:.7f}"
                 self._append_csv((step, batch.epoch, batch.epoch_step, f"{sum(window) / len(window):.7f}",
-                                  f"{lr:.10g}"))
+                                  f"{lr:.10g}", val))
                 window = []
-            if opts.save_every and step % opts.save_every == 0:
+            if saving:
                 report.saved = self._save_copy(step)
                 result.saved.append(report.saved)
             if opts.preview_every and step % opts.preview_every == 0:
                 report.preview = self._preview(step, batch)
                 result.previews.append(report.preview)
             self._report(report)
+        result.seconds = time.perf_counter() - started
 
     def _accumulate(self, step: int, lr: float):
         """Forward and backward over the accumulated micro-batches: (mean loss or None if non-finite, last batch)."""
@@ -554,7 +623,8 @@ class Trainer:
     def _draw_loss(self) -> None:
         if self._plot_points[0]:
             from .plot import draw_loss
-            draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss")
+            draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss",
+                      validation=self._val_points)
 
     def _close(self) -> None:
         """Undo what _prepare changed: progress bar, TensorBoard, checkpointing, training mode."""
@@ -595,9 +665,23 @@ class Trainer:
     def _report(self, report: Progress) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{report.loss:.4f}", lr=f"{report.learn_rate:.2e}")
+            extra = {"val": f"{self._val_points[1][-1]:.4f}"} if self._val_points[1] else {}
+            self.bar.set_postfix(loss=f"{report.loss:.4f}", lr=f"{report.learn_rate:.2e}", **extra)
         if self.on_progress is not None:
             self.on_progress(report)
+
+
+def _upgrade_csv(path: Path) -> None:
+    """Give a loss CSV from an older run (the webui's five columns) our header, so a resumed run appends to it."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or tuple(rows[0]) == CSV_COLUMNS:
+        return
+    width = len(CSV_COLUMNS)
+    body = [CSV_COLUMNS] + [r + [""] * (width - len(r)) for r in rows[1:]]
+    text = io.StringIO()
+    csv.writer(text).writerows(body)
+    atomic_write(path, text.getvalue().encode())
 
 
 def _index(cond, i: int):

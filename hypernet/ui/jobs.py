@@ -43,12 +43,16 @@ class JobStatus:
     started: Optional[float] = None
     finished: Optional[float] = None
     losses: list = field(default_factory=list)     # (step, loss) after every step, for a live plot
+    val_loss: Optional[float] = None               # the latest validation loss
+    val_step: Optional[int] = None                 # the step it was measured at
+    val_losses: list = field(default_factory=list)  # (step, validation loss) at each evaluation
     previews: list = field(default_factory=list)   # preview image paths in order
     notes: list = field(default_factory=list)      # what the user should know about the data (skipped images...)
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
-        out["losses"], out["previews"], out["notes"] = list(self.losses), list(self.previews), list(self.notes)
+        for key in ("losses", "val_losses", "previews", "notes"):
+            out[key] = list(getattr(self, key))
         return out
 
 
@@ -158,6 +162,9 @@ class TrainJob:
         def on_progress(report) -> None:
             with self._lock:
                 self.status.losses.append((report.step, report.loss))
+                self.status.val_losses[:] = trainer.val_points()
+                if self.status.val_losses:
+                    self.status.val_step, self.status.val_loss = self.status.val_losses[-1]
                 if report.preview:
                     self.status.previews.append(report.preview)
             self._update(notes=list(trainer.notes), step=report.step, loss=report.loss, learn_rate=report.learn_rate,

@@ -26,7 +26,8 @@ SIDE_CSS = """
 .hypernet-pick { align-items: flex-end; }
 """
 # The closed accordions under the essential fields, in order; a TrainOptions field's "group" picks one.
-GROUPS = (("data", "Data"), ("train", "Optimisation"), ("output", "Saving and logs"), ("preview", "Previews"))
+GROUPS = (("data", "Data"), ("train", "Optimisation"), ("output", "Saving and logs"),
+          ("validation", "Validation"), ("preview", "Previews"))
 # The webui's txt2img_preview_params order (UiTrainTabParams): prompt, negative, steps, sampler, cfg, seed, w, h
 TXT2IMG_PREVIEW_FIELDS = ("preview_prompt", "preview_negative_prompt", "preview_steps", "preview_sampler",
                           "preview_cfg_scale", "preview_seed", "preview_width", "preview_height")
@@ -189,6 +190,8 @@ def status_html(status: Optional[dict]) -> str:
     parts = [f"{s['name']}: {s['state']}", f"step {s['step']}/{s['total']}"]
     if s.get("loss") is not None:
         parts.append(f"loss {s['loss']:.5f}")
+    if s.get("val_loss") is not None:
+        parts.append(f"validation loss {s['val_loss']:.5f} (step {s['val_step']})")
     if s.get("learn_rate") is not None:
         parts.append(f"lr {s['learn_rate']:.2e}")
     if s.get("it_per_s"):
@@ -211,7 +214,8 @@ def loss_image(status: Optional[dict]):
     if not points:
         return None
     steps, losses = zip(*points)
-    return render_loss(list(steps), list(losses), title=f"{status['name']} loss", size=(640, 320))
+    val = tuple(map(list, zip(*status["val_losses"]))) if status.get("val_losses") else None
+    return render_loss(list(steps), list(losses), title=f"{status['name']} loss", size=(640, 320), validation=val)
 
 
 def progress_outputs(status: Optional[dict]):

@@ -10,7 +10,8 @@
                                           the UI/API to write outside ..." is on; replacing another existing file
                                           needs `overwrite` (409), continuing a file into itself does not
     GET  /hypernet/v1/train/status        the job (?job_id=..., default the latest; ?history=true adds losses
-                                          [[step, loss], ...] and previews [path, ...])
+                                          [[step, loss], ...], val_losses [[step, loss], ...] and previews
+                                          [path, ...]; val_loss/val_step is the latest validation loss)
     POST /hypernet/v1/train/interrupt     stop after the current step; the trainer saves and exits
 
 Request models are generated from the option dataclasses, so defaults live in one place. Fields are typed loosely
@@ -194,7 +195,8 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
             return {"state": "idle", "job_id": None}
         status = job.snapshot()
         if not history:
-            status.pop("losses"), status.pop("previews")
+            for key in ("losses", "val_losses", "previews"):
+                status.pop(key)
         return status
 
     def train_interrupt(job_id: Optional[str] = Query(None)):
