@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import CreateOptions, DemoOptions
+from .config import CompareOptions, CreateOptions, DemoOptions
 from .errors import HypernetError
 
 
@@ -241,6 +241,33 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from . import compare
+    copies = compare.saved_copies(args.sources)
+    settings = compare.settings_of(copies)
+    fixed = {"prompt": "\n".join(args.prompt)} if args.prompt else {}
+    options = compare.filled(options_from_args(CompareOptions, args, **fixed), settings)
+    run = compare.run_dir_of(copies[0].path)
+    out = Path(args.out) if args.out else (run or Path(".")) / "compare.png"
+    _refuse_overwrite(out, None, args.overwrite)
+    import torch
+    from .hosts.diffusers import DiffusersHost
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or (
+        "fp32" if device == "cpu" else "fp16")]
+    host = DiffusersHost(compare.open_model(args.model or compare.model_of(settings), dtype=dtype), device=device,
+                         dtype=dtype)
+    result = compare.render(host, copies, options)
+    compare.write_grid(result, out)
+    for copy in copies:
+        val = f"validation loss {copy.val_loss:.5f}" if copy.val_loss is not None else "no validation loss"
+        print(f"{copy.path}: step {copy.step}, {val}")
+    print(f"grid: {out} ({len(copies)} rows; columns: "
+          f"{', '.join(f'{s:g}' for s in options.strength_list())} for {len(options.prompts())} prompt(s), "
+          f"seed {options.seed})")
+    return 0
+
+
 def _cmd_ui(args) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a machine that may be offline
@@ -292,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a style hypernetwork on the built-in tiny model and show the effect")
     add_option_flags(p, DemoOptions)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("compare", help="render a training run's saved copies side by side in one labelled grid")
+    p.add_argument("sources", nargs="+", help="a run folder (holding settings.json) or saved hypernetwork files")
+    p.add_argument("--prompt", action="append", help="a prompt; repeat for several (default: the run's preview "
+                   "prompt, else its first caption)")
+    add_option_flags(p, CompareOptions, skip=("prompt",))
+    p.add_argument("--model", help="diffusers folder or checkpoint (default: the model the run's settings.json "
+                   "records, e.g. the built-in tiny model for demo runs)")
+    p.add_argument("--out", help="PNG to write (default: <run folder>/compare.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="model weights' precision")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("ui", help="serve the Create, Train and Generate tabs in a browser, without a webui")
     p.add_argument("--model", help="diffusers folder or single .safetensors/.ckpt (default: the built-in tiny model)")

@@ -419,6 +419,55 @@ def _coerce(name: str, value, kind):
 
 
 @dataclass
+class CompareOptions:
+    """How saved copies are compared: one grid, a row per copy, a column per prompt and strength, fixed seeds."""
+
+    prompt: str = _opt("", "prompt, one per line (empty: the run's preview prompt, else its first caption)",
+                       essential=True)
+    strengths: str = _opt("0, 0.5, 1", "strengths, comma-separated; 0 is the model without any hypernetwork",
+                          essential=True)
+    seed: int = _opt(1, "seed of every image (the same throughout the grid)", essential=True)
+    negative_prompt: str = _opt("", "negative prompt")
+    steps: int = _opt(20, "sampling steps")
+    cfg_scale: float = _opt(7.0, "guidance scale")
+    width: int = _opt(0, "image width (0: the run's training width)")
+    height: int = _opt(0, "image height (0: the run's training height)")
+    sampler: str = _opt("", "sampler name in the webui, e.g. \"Euler a\" (empty: the webui's default; diffusers "
+                        "uses the pipeline's scheduler)")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), type(f.default)))
+        self.strength_list()
+        if self.steps < 1:
+            raise ConfigError("steps", f"must be at least 1, got {self.steps}")
+        for name in ("width", "height"):
+            if getattr(self, name) < 0 or getattr(self, name) % 8:
+                raise ConfigError(name, f"must be 0 or a positive multiple of 8, got {getattr(self, name)}")
+
+    def prompts(self) -> list:
+        """The non-empty prompt lines."""
+        return [line.strip() for line in self.prompt.splitlines() if line.strip()]
+
+    def strength_list(self) -> list:
+        """The strengths as floats, each checked as a tag's strength is."""
+        from .tags import TagError, strength_value
+        values = [v.strip() for v in self.strengths.split(",") if v.strip()]
+        if not values:
+            raise ConfigError("strengths", "give at least one strength, e.g. \"0, 0.5, 1\"")
+        try:
+            return [strength_value(v) for v in values]
+        except TagError as exc:
+            raise ConfigError("strengths", str(exc)) from None
+
+    def replace(self, **changes) -> "CompareOptions":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class DemoOptions:
     """Options of `python -m hypernet demo` (the built-in tiny model, a style set, training and a comparison)."""
 

@@ -15,7 +15,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -64,6 +64,11 @@ def _new_file_mode(path: Path) -> int:
 
 def atomic_write(path, data: bytes) -> None:
     """Write bytes so that `path` is always either the old file or the complete new one."""
+    atomic_write_with(path, lambda fh: fh.write(data))
+
+
+def atomic_write_with(path, write: Callable) -> None:
+    """Call write(file) on a temporary file beside `path`, then put it in place: old file or complete new one."""
     path = Path(path)
     mode = _new_file_mode(path)
     try:
@@ -73,7 +78,7 @@ def atomic_write(path, data: bytes) -> None:
         raise HypernetError(f"{path}: cannot write here ({exc.strerror or exc}); choose another folder") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)  # mkstemp makes 0600 files, which a webui running as another user could not read

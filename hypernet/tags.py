@@ -28,13 +28,18 @@ def _number(text: str, tag: str, what: str) -> float:
     """`text` as a strength, or a TagError naming the tag, the rule and an example."""
     low, high = STRENGTH_RANGE
     if not NUMBER.fullmatch(text):
-        raise TagError(f"{tag}: {what} {text!r} is not a number; write plain digits such as 0.7, -1 or 1e-2, "
+        raise TagError(f"{tag + ': ' if tag else ''}{what} {text!r} is not a number; write plain digits such as 0.7, -1 or 1e-2, "
                        "e.g. <hypernet:name:0.7>")
     value = float(text)
     if not low <= value <= high:
-        raise TagError(f"{tag}: {what} {text} is outside {low:g}..{high:g}; write a number from {low:g} to {high:g}, "
+        raise TagError(f"{tag + ': ' if tag else ''}{what} {text} is outside {low:g}..{high:g}; write a number from {low:g} to {high:g}, "
                        "e.g. <hypernet:name:0.7>")
     return value
+
+
+def strength_value(text: str) -> float:
+    """A strength given outside a tag (a comparison's strengths, an X/Y/Z axis value), by the tags' rule."""
+    return _number(text.strip(), "", "strength")
 
 
 def parse_args(items: List[str], tag: str = "<hypernet>") -> Tuple[str, Strength]:

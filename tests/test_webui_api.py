@@ -360,3 +360,52 @@ def test_routes_follow_the_api_flag_and_api_auth(tmp_path, httpx_without_app):
         assert client.get(f"{API}/hypernetworks", auth=("alice", "wrong")).status_code == 401
         assert client.get(f"{API}/hypernetworks", auth=("bob", "pw")).status_code == 200
         assert not (w.folder / "x.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- saved copies
+def test_compare_the_copies_of_a_run_and_keep_one(webui, sd_model, data_dir):
+    import base64
+    import io
+
+    from PIL import Image
+    webui.shared.sd_model = sd_model
+    job = webui.client.post(f"{API}/train", json=train_body(data_dir, name="cmp", steps=2, save_every=1,
+                                                            learning_rate=0.05)).json()
+    status = wait(webui.client, job["job_id"])
+    assert status["state"] == "completed" and status["val_loss"] is not None
+    runs = webui.client.get(f"{API}/runs").json()["runs"]
+    assert runs[0] == status["run_dir"]
+    r = webui.client.post(f"{API}/compare", json={"run": status["run_dir"], "prompt": "a red square",
+                                                  "strengths": "0, 1", "seed": 3, "steps": 2, "width": 64,
+                                                  "height": 64})
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    assert [c["step"] for c in reply["copies"]] == [1, 2] and all(c["val_loss"] for c in reply["copies"]), reply["copies"]
+    assert [c["strength"] for c in reply["columns"]] == [0.0, 1.0]
+    grid = Image.open(io.BytesIO(base64.b64decode(reply["image"])))
+    assert Path(reply["files"][0]).parent == Path(status["run_dir"]) and Image.open(reply["files"][0]).size == grid.size
+    again = webui.client.post(f"{API}/compare", json={"run": status["run_dir"], "prompt": "a red square",
+                                                      "strengths": "0, 1", "steps": 2, "width": 64, "height": 64})
+    assert again.json()["files"][0] != reply["files"][0]        # a second grid never replaces the first
+    first = reply["copies"][0]["path"]
+    kept = webui.client.post(f"{API}/keep", json={"file": first, "name": "cmp-early"})
+    assert kept.status_code == 200, kept.text
+    assert Path(kept.json()["path"]) == webui.folder / "cmp-early.pt"
+    assert (webui.folder / "cmp-early.pt").read_bytes() == Path(first).read_bytes() and Path(first).exists()
+    assert "cmp-early" in webui.client.post(f"{API}/refresh").json()["hypernetworks"]
+    assert webui.client.post(f"{API}/keep", json={"file": first, "name": "cmp-early"}).status_code == 409
+    assert webui.client.post(f"{API}/keep", json={"file": first, "name": "cmp-early",
+                                                  "overwrite": True}).status_code == 200
+
+
+def test_compare_and_keep_refuse_paths_outside_the_log_folder(webui, tmp_path):
+    outside = tmp_path / "elsewhere.pt"
+    make(tmp_path, "elsewhere.pt")
+    r = webui.client.post(f"{API}/keep", json={"file": str(outside)})
+    assert r.status_code == 403 and field_of(r) == "file"
+    r = webui.client.post(f"{API}/compare", json={"run": str(tmp_path), "prompt": "x"})
+    assert r.status_code == 403 and field_of(r) == "run"
+    r = webui.client.post(f"{API}/compare", json={"run": "nosuchrun", "prompt": "x"})
+    assert r.status_code == 422 and field_of(r) == "run"
+    r = webui.client.post(f"{API}/compare", json={"run": "x", "strengths": "0, loud"})
+    assert r.status_code == 422 and field_of(r) == "strengths"

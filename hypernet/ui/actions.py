@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Optional
 
 from ..compat import summary
@@ -225,3 +226,71 @@ def start_training(state, fields: dict, runtime):
 def latest_job(state):
     """The most recently created job, or None."""
     return max(state.jobs.values(), key=lambda j: j.status.created, default=None)
+
+
+# ---------------------------------------------------------------------------------------------- saved copies
+def run_folders(state, limit: int = 50) -> list:
+    """Training run folders under the log folder (<log>/<date>/<name> with settings.json), newest first."""
+    root = log_folder(state)
+    if not os.path.isdir(root):
+        return []
+    runs = []
+    for date in os.scandir(root):
+        if not date.is_dir(follow_symlinks=False):
+            continue
+        for run in os.scandir(date.path):
+            if run.is_dir(follow_symlinks=False) and os.path.isfile(os.path.join(run.path, "settings.json")):
+                runs.append((os.path.getmtime(os.path.join(run.path, "settings.json")), run.path))
+    return [path for _, path in sorted(runs, reverse=True)[:limit]]
+
+
+def _readable(state, path, field: str) -> str:
+    """`path` resolved inside the log folder (403 outside unless paths are unrestricted)."""
+    if not path:
+        raise ActionError(422, field, f"{field}: name a training run folder or a saved copy")
+    return confined(log_folder(state), str(path), field, "log folder", any_path_allowed(state))
+
+
+def compare_copies(state, fields: dict, runtime):
+    """Render the saved copies of a run (`run`) with CompareOptions fields; the Comparison, its grid written into
+    the run folder under a new name."""
+    from .. import compare
+    from ..config import CompareOptions
+    fields = {k: v for k, v in fields.items() if v is not None}
+    run = _readable(state, fields.pop("run", None), "run")
+    _refuse_if_running(state)  # the model is the trainer's until it finishes
+    try:
+        options = CompareOptions(**fields)  # bad values are reported before the run is read
+        copies = compare.saved_copies([run])
+        options = compare.filled(options, compare.settings_of(copies))
+    except ConfigError as exc:
+        raise _config_error(exc) from None
+    except HypernetError as exc:
+        raise ActionError(422, "run", f"run: {exc}") from None
+    with runtime.session("hypernet-compare"):
+        result = compare.render(runtime.host(), copies, options)
+    folder = compare.run_dir_of(copies[0].path) or Path(copies[0].path).parent
+    compare.write_grid(result, compare.free_path(folder, "compare"))
+    return result
+
+
+def keep_copy(state, fields: dict) -> dict:
+    """Copy a saved copy (`file`) into the hypernetwork folder as `name` (default its own), `overwrite` to replace."""
+    from .. import compare
+    source = _readable(state, fields.get("file"), "file")
+    if not os.path.isfile(source):
+        raise ActionError(422, "file", f"file: {source} is not a saved copy")
+    stem, fmt = os.path.splitext(os.path.basename(source))
+    try:
+        name = CreateOptions._check_name(str(fields.get("name") or "").strip() or stem)
+    except ConfigError as exc:
+        raise _config_error(exc) from None
+    overwrite = bool(fields.get("overwrite"))
+    target_path(state, name, fmt, overwrite)
+    try:
+        written = compare.keep(source, state.folder(), name, overwrite=overwrite)
+    except HypernetError as exc:
+        raise ActionError(400, None, str(exc)) from None
+    state.refresh()
+    return {"path": written, "name": name, "info": f"Kept {os.path.basename(source)} as {written}; use it with "
+                                                   f"<hypernet:{name}:1>"}

@@ -272,7 +272,8 @@ def build_train_tab(gr, panel: Panel):
 
     Left: the hypernetwork to train, the essential fields, then every other option in closed accordions. Right
     (elem_id hypernet_train_side, kept in view while the form scrolls; the webui's page script moves it into the
-    webui's own right column): the buttons, the status, the live loss plot and the previews."""
+    webui's own right column): the buttons, the status, the live loss plot, the previews and the comparison of
+    saved copies."""
     c: Dict[str, object] = {}
     defaults = {"log_dir": panel.log_dir or actions.default_log_dir(panel.state)}
     option_comps: Dict[str, object] = {}
@@ -317,6 +318,8 @@ def build_train_tab(gr, panel: Panel):
             c["status"] = gr.HTML(status_html(None), elem_id="hypernet_train_status")
             c["loss"] = gr.Image(label="Loss", type="pil", interactive=False, elem_id="hypernet_train_loss")
             c["gallery"] = gr.Gallery(label="Previews", elem_id="hypernet_train_previews", columns=4)
+            from . import compare_panel  # it builds on this module
+            c["compare"] = compare_panel.build(gr, panel)
     return c
 
 
@@ -349,4 +352,6 @@ def wire(gr, panel: Panel, create, train) -> dict:
     train["watch"].click(functools.partial(watch_click, panel), inputs=[], outputs=outputs)
     train["interrupt"].click(functools.partial(interrupt_click, panel), inputs=[], outputs=[train["status"]],
                              queue=False)
+    from . import compare_panel
+    compare_panel.wire(gr, panel, train["compare"])
     return {"create": created, "train": trained}

@@ -13,6 +13,13 @@
                                           [[step, loss], ...], val_losses [[step, loss], ...] and previews
                                           [path, ...]; val_loss/val_step is the latest validation loss)
     POST /hypernet/v1/train/interrupt     stop after the current step; the trainer saves and exits
+    GET  /hypernet/v1/runs                training run folders in the log folder, newest first
+    POST /hypernet/v1/compare             CompareOptions fields + `run` (a run folder in the log folder): renders
+                                          its saved copies (rows) at each prompt and strength (columns) with one
+                                          seed; returns the rows, the grid's path in the run folder and the PNG
+                                          (base64); 409 while a training job runs
+    POST /hypernet/v1/keep                `file` (a saved copy in the log folder), `name`, `overwrite`: copies it
+                                          into the hypernetwork folder (never moves it); 409 if the name is taken
 
 Request models are generated from the option dataclasses, so defaults live in one place. Fields are typed loosely
 and checked by the dataclasses, which name the field in every error; errors are answered like FastAPI's own
@@ -24,7 +31,7 @@ The models work with pydantic 1 (the webui's fastapi 0.94) and 2 (Forge, newer f
 import dataclasses
 from typing import Any, Optional
 
-from ..config import CreateOptions, TrainOptions
+from ..config import CompareOptions, CreateOptions, TrainOptions
 from ..ui import actions
 from ..ui.actions import CREATE_FIELDS, TRAIN_FIELDS
 from .state import HypernetState, get_state
@@ -90,6 +97,22 @@ def build_models():
     return create, train
 
 
+def build_saved_copy_models():
+    """(CompareRequest, KeepRequest) pydantic models."""
+    from pydantic import Field, create_model
+    base = _base_model()
+    compare = create_model(
+        "HypernetCompareRequest", __base__=base, **_dataclass_fields(CompareOptions),
+        run=(str, Field(..., description="a run folder (<log folder>/<date>/<name>); relative paths start in the "
+                                         "log folder")))
+    keep = create_model(
+        "HypernetKeepRequest", __base__=base,
+        file=(str, Field(..., description="a saved copy in a run folder")),
+        name=(Optional[str], Field(None, description="its name in the hypernetwork folder (default: its own)")),
+        overwrite=(bool, Field(False, description="replace a file of that name")))
+    return compare, keep
+
+
 def _dump(model) -> dict:
     if hasattr(model, "model_dump"):
         return model.model_dump(exclude_unset=True)
@@ -146,6 +169,7 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
     from fastapi import Body, Query
 
     CreateRequest, TrainRequest = build_models()
+    CompareRequest, KeepRequest = build_saved_copy_models()
     the_state = (lambda: state) if state is not None else get_state
     dependencies = [_basic_auth(auth)] if auth else []
 
@@ -206,8 +230,28 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
         job.interrupt()
         return {"job_id": job.job_id, "interrupting": True, "state": job.snapshot()["state"]}
 
+    def runs():
+        return {"runs": actions.run_folders(the_state())}
+
+    def compare(body: CompareRequest = Body(...)):  # type: ignore[valid-type]
+        import base64
+
+        from ..compare import png_bytes
+        try:
+            result = actions.compare_copies(the_state(), _dump(body), WebuiRuntime())
+        except actions.ActionError as exc:
+            raise _error(exc.status, exc.field, str(exc)) from None
+        return {**result.to_dict(), "image": base64.b64encode(png_bytes(result.image)).decode()}
+
+    def keep(body: KeepRequest = Body(...)):  # type: ignore[valid-type]
+        try:
+            return actions.keep_copy(the_state(), _dump(body))
+        except actions.ActionError as exc:
+            raise _error(exc.status, exc.field, str(exc)) from None
+
     routes = (("hypernetworks", list_hypernetworks, "GET"), ("refresh", refresh, "POST"), ("create", create, "POST"),
               ("train", train, "POST"), ("train/status", train_status, "GET"),
-              ("train/interrupt", train_interrupt, "POST"))
+              ("train/interrupt", train_interrupt, "POST"), ("runs", runs, "GET"), ("compare", compare, "POST"),
+              ("keep", keep, "POST"))
     for path, endpoint, method in routes:
         app.add_api_route(f"{PREFIX}/{path}", endpoint, methods=[method], dependencies=dependencies)

@@ -1,0 +1,97 @@
+"""The Train tab's "Compare saved copies" panel: render a run's copies in one grid, keep one as the final file.
+
+Shared by the webui, Forge and the standalone UI; the work is done by actions.compare_copies / keep_copy, which the
+HTTP API calls too.
+"""
+from __future__ import annotations
+
+import functools
+import html
+from typing import Dict, List, Optional
+
+from ..config import CompareOptions
+from . import actions
+from .tabs import Panel, _cleaned, _error, _essential, _fields, _message, component
+
+COMPARE_FIELDS = tuple(f.name for f in _fields(CompareOptions))
+
+
+def run_choices(panel: Panel) -> List[str]:
+    """The run folders of the log folder, newest first (a missing folder lists nothing)."""
+    try:
+        return actions.run_folders(panel.state)
+    except OSError:
+        return []
+
+
+def current_run(panel: Panel) -> Optional[str]:
+    """The latest job's run folder when it has one, else the newest run folder."""
+    job = actions.latest_job(panel.state)
+    run = job.status.run_dir if job is not None else None
+    choices = run_choices(panel)
+    return run if run in choices else (choices[0] if choices else None)
+
+
+def comparison_html(result) -> str:
+    """What the grid shows, one line per row: file, step, validation loss."""
+    lines = [f"{html.escape(c.path)}: step {c.step}"
+             + (f", validation loss {c.val_loss:.5f}" if c.val_loss is not None else "") for c in result.copies]
+    written = f"<br>Grid saved to {html.escape(result.files[-1])}" if result.files else ""
+    return "<p>" + "<br>".join(lines) + written + "</p>"
+
+
+def compare_click(panel: Panel, gr, run, *values):
+    """Compare button: (message HTML, grid image, choices of the copy to keep)."""
+    try:
+        result = actions.compare_copies(panel.state, {"run": run, **_cleaned(COMPARE_FIELDS, values)}, panel.runtime)
+    except actions.ActionError as exc:
+        return _error(exc), None, gr.update()
+    paths = [c.path for c in result.copies]
+    return comparison_html(result), result.image, gr.update(choices=paths, value=None)
+
+
+def keep_click(panel: Panel, copy, name, overwrite) -> str:
+    """Keep button: copy the chosen copy into the hypernetwork folder."""
+    if not copy:
+        return _message("Choose the copy to keep first (compare the run to list its copies).", error=True)
+    try:
+        return _message(actions.keep_copy(panel.state, {"file": copy, "name": name, "overwrite": overwrite})["info"])
+    except actions.ActionError as exc:
+        return _error(exc)
+
+
+def build(gr, panel: Panel) -> Dict[str, object]:
+    """The panel's components (inside the caller's column), closed until opened."""
+    c: Dict[str, object] = {}
+    with gr.Accordion("Compare saved copies", open=False, elem_id="hypernet_compare"):
+        with gr.Row(elem_classes=["hypernet-pick"]):
+            c["run"] = gr.Dropdown(choices=run_choices(panel), value=current_run(panel), label="Run", scale=4,
+                                   info="a training run folder; its numbered copies become the rows",
+                                   elem_id="hypernet_compare_run")
+            c["refresh"] = gr.Button("Refresh", scale=1, min_width=80, elem_id="hypernet_compare_refresh")
+        fields = _fields(CompareOptions)
+        inputs = {f.name: component(gr, f, "hypernet_compare") for f in fields if _essential(f)}
+        with gr.Accordion("Sampling", open=False):
+            inputs.update({f.name: component(gr, f, "hypernet_compare") for f in fields if not _essential(f)})
+        c["inputs"] = [inputs[name] for name in COMPARE_FIELDS]
+        c["compare"] = gr.Button("Compare saved copies", variant="primary", elem_id="hypernet_compare_button")
+        c["message"] = gr.HTML(elem_id="hypernet_compare_message")
+        c["grid"] = gr.Image(label="Saved copies", type="pil", interactive=False, elem_id="hypernet_compare_grid")
+        c["copy"] = gr.Dropdown(choices=[], label="Copy to keep", elem_id="hypernet_compare_copy")
+        c["name"] = gr.Textbox(label="Name in the hypernetwork folder", placeholder="(the copy's own name)",
+                               elem_id="hypernet_compare_name")
+        c["overwrite"] = gr.Checkbox(label="Replace a file of that name", value=False,
+                                     elem_id="hypernet_compare_overwrite")
+        c["keep"] = gr.Button("Keep as final file", elem_id="hypernet_compare_keep")
+        c["kept"] = gr.HTML(elem_id="hypernet_compare_kept")
+    return c
+
+
+def wire(gr, panel: Panel, c: Dict[str, object]) -> None:
+    """Connect the panel's buttons; Compare runs in the queue (it generates), the rest skip it."""
+    c["refresh"].click(lambda: gr.update(choices=run_choices(panel), value=current_run(panel)), inputs=[],
+                       outputs=[c["run"]], queue=False)
+    c["compare"].click(functools.partial(compare_click, panel, gr), inputs=[c["run"], *c["inputs"]],
+                       outputs=[c["message"], c["grid"], c["copy"]])
+    c["keep"].click(functools.partial(keep_click, panel), inputs=[c["copy"], c["name"], c["overwrite"]],
+                    outputs=[c["kept"]], queue=False)
