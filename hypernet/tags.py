@@ -102,3 +102,32 @@ def format_tag(name: str, strength: Strength = 1.0) -> str:
         parts = [f"{strength.get('all', 1.0):g}"] + [f"{k}={strength[k]:g}" for k in STRENGTH_KEYS if k in strength]
         return f"<{NETWORK}:{name}:{':'.join(parts)}>"
     return f"<{NETWORK}:{name}:{float(strength):g}>"
+
+
+def _rewrite(prompt: str, change) -> Tuple[str, int]:
+    """The prompt with change(index, name, strength) -> (name, strength) applied to each hypernet tag; how many."""
+    count = 0
+
+    def edit(match: re.Match) -> str:
+        nonlocal count
+        if match.group(1) != NETWORK:
+            return match.group(0)
+        name, strength = parse_args(match.group(2).split(":"), match.group(0))
+        name, strength = change(count, name, strength)
+        count += 1
+        return format_tag(name, strength)
+
+    return TAG.sub(edit, prompt), count
+
+
+def with_strength(prompt: str, strength: float) -> Tuple[str, int]:
+    """Every hypernet tag's overall strength set to `strength` (self=/cross= kept); the prompt and the tag count."""
+    def change(_, name, old):
+        return name, ({**old, "all": strength} if isinstance(old, dict) else strength)
+    return _rewrite(prompt, change)
+
+
+def with_file(prompt: str, name: str, strength: float = 1.0) -> str:
+    """The first hypernet tag made to name `name` (its strength kept), or <hypernet:name:strength> appended."""
+    text, count = _rewrite(prompt, lambda i, old_name, old: (name if i == 0 else old_name, old))
+    return text if count else f"{prompt} {format_tag(name, strength)}".strip()

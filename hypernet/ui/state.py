@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
 from ..attach import Attachment, Compatibility, attach, compatibility, find_attention
-from ..errors import HypernetError
+from ..errors import HypernetError, NotFoundError
 from ..library import Entry, Library
 from . import metadata as _metadata
 from .settings import value
@@ -61,6 +61,7 @@ class LibraryState:
         self._hashes: Dict[str, Tuple[Tuple[int, int], str]] = {}
         self._sites: Optional[Tuple[weakref.ref, list]] = None
         self.jobs: Dict[str, object] = {}
+        self._pins: Dict[str, str] = {}  # tag name -> a file outside the folder (a saved copy an axis sweeps)
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------------------------------ folder, library
@@ -90,8 +91,20 @@ class LibraryState:
 
     def resolve(self, name: str) -> Entry:
         """The file a tag names (exact, then case-insensitive; rescans on a miss and when the file found has
-        gone since the last scan). NotFoundError names the folder and close matches."""
-        return self.library.resolve(name)
+        gone since the last scan), else a pinned saved copy. NotFoundError names the folder and close matches."""
+        try:
+            return self.library.resolve(name)
+        except NotFoundError:
+            path = self._pins.get(name)
+            if path is None or not os.path.isfile(path):
+                raise
+            st = os.stat(path)
+            return Entry(name.rsplit("/", 1)[-1], path, name, st.st_size, st.st_mtime_ns)
+
+    def pin(self, name: str, path: str) -> None:
+        """Let tags call the file at `path` (outside the folder) `name` for the rest of this session."""
+        with self.lock:
+            self._pins[name] = os.path.abspath(path)
 
     def entries(self) -> List[Entry]:
         """One entry per network: a .pt and a .safetensors of the same stem in one folder count once."""

@@ -11,6 +11,7 @@ layout of the webui's own extensions-builtin/Lora):
     messages.py  warnings under the image, in the console, as a popup
     training.py  WebuiRuntime: a training job (ui/jobs.py) queued behind generations
     ui.py        where the tabs (ui/tabs.py) go: under Train in AUTOMATIC1111, a top-level tab in Forge
+    xyz.py       "Hypernet strength" and "Hypernet file" axes for the X/Y/Z plot script
     api.py       /hypernet/v1/ routes
 
 Only register() is called from scripts/hypernet_extension.py; network.py and page.py are imported from the
@@ -35,6 +36,11 @@ def before_ui() -> None:
     extra_networks.register_extra_network(ExtraNetworkHypernet())
     clear_builtin()
     install_page(ExtraNetworksPageHypernetworks())
+    from .xyz import register_axes
+    try:
+        register_axes()
+    except Exception:  # another extension's changes to the plot script must not stop the webui from starting
+        log.exception("hypernet: could not add the X/Y/Z plot axes")
 
 
 def model_loaded(sd_model) -> None:

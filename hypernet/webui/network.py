@@ -25,6 +25,7 @@ from ..ui.settings import value
 from ..ui.state import Applied
 from .settings import webui_option
 from .state import HypernetState, clear_builtin, get_state
+from .xyz import FILE_LABEL, PENDING, STRENGTH_LABEL
 
 
 class ExtraNetworkHypernet(extra_networks.ExtraNetwork):
@@ -44,6 +45,9 @@ class ExtraNetworkHypernet(extra_networks.ExtraNetwork):
         self._add_from_setting(p, params_list, state)
 
         stack, applied, problems = [], [], self._drop_empty_tags(p)
+        if not params_list and getattr(p, PENDING, None) is not None:
+            problems.append(f"{STRENGTH_LABEL} (X/Y/Z plot): the prompt has no <hypernet:name> tag, so nothing was "
+                            f"applied; add one, or add a {FILE_LABEL} axis")
         for params in params_list:
             items = [str(item) for item in (params.items or [])]
             tag = f"<hypernet:{':'.join(items)}>"

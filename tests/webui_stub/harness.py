@@ -39,7 +39,7 @@ def stub_modules(tmp_path: Path):
         Path(shared.cmd_opts.hypernetwork_dir).mkdir(parents=True)
         yield SimpleNamespace(**{name: importlib.import_module(f"modules.{name}") for name in (
             "shared", "extra_networks", "ui_extra_networks", "script_callbacks", "sd_hijack", "sd_models",
-            "processing", "infotext_utils", "hashes", "call_queue", "errors", "initialize")},
+            "processing", "infotext_utils", "hashes", "call_queue", "errors", "initialize", "scripts")},
             folder=Path(shared.cmd_opts.hypernetwork_dir), start=start)
     finally:
         torch.load = real_torch_load
@@ -51,11 +51,20 @@ def stub_modules(tmp_path: Path):
         _purge()
 
 
-def start(app=None, *, settings: bool = True) -> None:
-    """What the webui does at start-up: load scripts, register built-ins, before_ui, create the UI (which registers
-    settings), app_started."""
-    from modules import initialize, script_callbacks
-    initialize.initialize_rest(lambda: runpy.run_path(str(EXTENSION_SCRIPT), run_name="hypernet_extension"))
+XYZ_SCRIPT = STUB / "scripts" / "xyz_grid.py"
+
+
+def start(app=None, *, settings: bool = True, xyz: bool = True) -> None:
+    """What the webui does at start-up: load scripts (the X/Y/Z plot among the webui's own, unless xyz=False, then
+    the extension's), register built-ins, before_ui, create the UI (which registers settings), app_started."""
+    from modules import initialize, script_callbacks, scripts
+
+    def load_scripts():
+        if xyz:
+            scripts.load_script(str(XYZ_SCRIPT))
+        runpy.run_path(str(EXTENSION_SCRIPT), run_name="hypernet_extension")
+
+    initialize.initialize_rest(load_scripts)
     script_callbacks.before_ui_callback()
     if settings:
         script_callbacks.ui_settings_callback()
