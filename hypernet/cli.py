@@ -237,7 +237,12 @@ def _cmd_demo(args) -> int:
     print(f"loss log:     {demo.loss_csv} (plot: {demo.loss_png})")
     print(f"comparison:   {demo.grid} (same prompts and seeds: without, strength 0.5, strength 1.0)")
     print(f"style shift: mean distance to the palette {demo.base_distance:.1f} without -> {demo.half_distance:.1f} "
-          f"at 0.5 -> {demo.styled_distance:.1f} at 1.0 ({demo.shift:.0%} closer), in {demo.seconds:.0f} s")
+          f"at 0.5 -> {demo.styled_distance:.1f} at 1.0 ({demo.shift:.0%} closer), content kept "
+          f"{demo.content_kept:.2f}, over {demo.measure_prompts} unseen prompts, in {demo.seconds:.0f} s")
+    for row in demo.steps or []:
+        val = f", validation loss {row['val_loss']:.5f}" if row["val_loss"] is not None else ""
+        best = "  <- best trade-off" if row["step"] == demo.best_step else ""
+        print(f"  step {row['step']:>5}: shift {row['shift']:.0%}, content kept {row['content_kept']:.2f}{val}{best}")
     return 0
 
 

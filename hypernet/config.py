@@ -467,6 +467,9 @@ class CompareOptions:
         return dataclasses.asdict(self)
 
 
+DEMO_RECIPES = ("hypernet", "webui")
+
+
 @dataclass
 class DemoOptions:
     """Options of `python -m hypernet demo` (the built-in tiny model, a style set, training and a comparison)."""
@@ -474,15 +477,22 @@ class DemoOptions:
     out: str = _opt("hypernet-demo", "output folder")
     data: str = _opt("", "your own image folder (captions in <image>.txt) instead of the bundled style set")
     steps: int = _opt(300, "training steps")
-    learning_rate: str = _opt("2e-3", "learning rate or schedule")
+    recipe: str = _opt("hypernet", "training recipe: ours, or the webui's defaults (its activation, learning rate, "
+                       "template and resize)", choices=DEMO_RECIPES)
+    learning_rate: str = _opt("", "learning rate or schedule (empty: the recipe's)")
     batch_size: int = _opt(4, "images per step")
     seed: int = _opt(0, "seed for the style set, training and the comparison")
+    copies: int = _opt(6, "saved copies measured along the run")
+    measure_prompts: int = _opt(32, "unseen prompts each copy is measured on (style shift and content kept)")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), type(f.default)))
-        for name in ("steps", "batch_size"):
+        if self.recipe not in DEMO_RECIPES:
+            raise ConfigError("recipe", f"unknown value {self.recipe!r}; accepted: {', '.join(DEMO_RECIPES)}")
+        for name in ("steps", "batch_size", "copies", "measure_prompts"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
-        from .schedule import parse_schedule
-        parse_schedule(self.learning_rate, self.steps, field="learning_rate")
+        if self.learning_rate:
+            from .schedule import parse_schedule
+            parse_schedule(self.learning_rate, self.steps, field="learning_rate")

@@ -1,9 +1,14 @@
 """python -m hypernet demo: create, train and show a style hypernetwork on the built-in tiny model, on a CPU.
 
-The bundled "style" is a palette: every training image is recoloured by brightness into five warm colours. The
-measured style shift is the mean distance of generated pixels to the nearest palette colour, without the
-hypernetwork and with it, on prompts that are not in the training set. With your own folder, the palette is the
-eight colours that best summarise its images.
+The bundled "style" is a palette: every training image is recoloured by brightness into five warm colours. Two
+figures are measured for every saved copy, on unseen prompts with fixed seeds, at strength 1.0 against the model
+without it:
+- the style shift: how much closer generated pixels come to the palette (mean distance to the nearest colour);
+- the content kept: how much of what the prompt asks for (the shape and where it is) tiny_scenes still reads back
+  from the image, relative to the model without the hypernetwork (1.0 = as often as without).
+A style that repaints everything but loses the shapes has over-trained; the best copy is the one with the largest
+shift that keeps at least CONTENT_GOAL of the content. With your own folder, the palette is the eight colours that
+best summarise its images.
 """
 from __future__ import annotations
 
@@ -35,6 +40,18 @@ HELD_OUT_PROMPTS = (
     "a red circle at the bottom, blue background",
 )
 HELD_OUT_SEEDS = (11, 12, 13, 14)
+MEASURE_SEED = 1000            # scene i of the measure set is drawn with seed MEASURE_SEED + i
+CONTENT_GOAL = 0.9             # a copy keeping less of the prompt's content than this has over-trained
+SHIFT_GOAL = 0.4
+# What each recipe sets; the model, data, steps, batch size and seeds are the same for both. "webui" is what its Create
+# and Train tabs default to (A1111 v1.10.1): linear activation, Normal init, learning rate 0.00001, the
+# style_filewords template, images stretched to the training size, no flips.
+RECIPES = {
+    "hypernet": {"activation": "relu", "weight_init": "Normal", "learning_rate": "2e-3", "template": "none",
+                 "resize": "crop", "flip": True},
+    "webui": {"activation": "linear", "weight_init": "Normal", "learning_rate": "0.00001",
+              "template": "style_filewords", "resize": "stretch", "flip": False},
+}
 
 
 def stylize(img: Image.Image, palette: np.ndarray = PALETTE) -> Image.Image:
@@ -106,6 +123,70 @@ def grid(rows: Sequence[Sequence[Image.Image]], column_titles: Sequence[str], ro
     return out
 
 
+# ---------------------------------------------------------------------------------------------- the measure
+def measure_scenes(count: int, exclude: Sequence[str] = ()) -> list:
+    """`count` one-shape scenes whose captions are distinct and not in `exclude` (the training captions)."""
+    from .tiny_scenes import random_scene
+    rng, scenes, seen = random.Random(MEASURE_SEED), [], set(exclude)
+    while len(scenes) < count:
+        scene = random_scene(rng)
+        if scene.caption() not in seen:
+            seen.add(scene.caption())
+            scenes.append(scene)
+    return scenes
+
+
+def content_read_back(images: Sequence[Image.Image], scenes: Sequence) -> float:
+    """The share of asked-for facts (each scene's shape kind and position) that tiny_scenes reads back."""
+    from .tiny_scenes import describe
+    hits = 0
+    for img, scene in zip(images, scenes):
+        seen, asked = describe(img), scene.shapes[0]
+        hits += (seen["kind"] == asked.kind) + (seen["position"] == asked.position)
+    return hits / (2 * len(scenes))
+
+
+def generate_batch(pipe, prompts: Sequence[str], steps: int = 20, cfg: float = 5.0) -> List[Image.Image]:
+    """Image i of `prompts` at seed MEASURE_SEED + i, in one batched call."""
+    generators = [torch.Generator().manual_seed(MEASURE_SEED + i) for i in range(len(prompts))]
+    return pipe(list(prompts), num_inference_steps=steps, guidance_scale=cfg, generator=generators, width=64,
+                height=64).images
+
+
+@dataclass
+class Measured:
+    """What one strength of one file does to the measure set."""
+
+    distance: float   # mean distance to the palette
+    content: float    # share of asked-for facts read back
+
+
+def measure(pipe, scenes: Sequence, palette: np.ndarray, hn=None, strength: float = 1.0) -> Measured:
+    """Palette distance and content read back over the scenes, with `hn` at `strength` (None: without)."""
+    import hypernet
+    prompts = [s.caption() for s in scenes]
+    if hn is None:
+        images = generate_batch(pipe, prompts)
+    else:
+        with hypernet.attach(pipe.unet, [(hn, strength)], warn=False):
+            images = generate_batch(pipe, prompts)
+    return Measured(float(np.mean([palette_distance(i, palette) for i in images])), content_read_back(images, scenes))
+
+
+def trade_off(base: Measured, styled: Measured) -> dict:
+    """Style shift and content kept of `styled` relative to `base`."""
+    return {"shift": 1.0 - styled.distance / base.distance,
+            "content_kept": styled.content / base.content if base.content else 0.0}
+
+
+def best_step(steps: Sequence[dict]) -> int:
+    """The copy with the largest shift among those keeping CONTENT_GOAL of the content, else the one keeping most."""
+    kept = [s for s in steps if s["content_kept"] >= CONTENT_GOAL]
+    if kept:
+        return max(kept, key=lambda s: s["shift"])["step"]
+    return max(steps, key=lambda s: (s["content_kept"], s["shift"]))["step"]
+
+
 @dataclass
 class DemoResult:
     """Where the demo wrote things and what it measured."""
@@ -120,6 +201,11 @@ class DemoResult:
     styled_distance: float
     half_distance: float
     seconds: float
+    recipe: str = "hypernet"
+    content_kept: float = 0.0       # of the final file at strength 1.0, relative to without
+    best_step: int = 0
+    steps: list = None              # [{"step", "shift", "content_kept", "val_loss"}] per saved copy
+    measure_prompts: int = 0
 
     @property
     def shift(self) -> float:
@@ -152,13 +238,37 @@ def compare(pipe, hn, prompts=HELD_OUT_PROMPTS, seeds=HELD_OUT_SEEDS, steps: int
     return results
 
 
-def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> DemoResult:
-    """The whole demo: model, dataset, training, files, grid and the measured shift."""
+def _train(host, o, data_dir: Path, name: str, out: Path, show_progress: bool):
+    """Train with the recipe's settings, a copy saved o.copies times along the run."""
+    from .config import CreateOptions, TrainOptions
+    from .train import train
+    recipe = RECIPES[o.recipe]
+    options = TrainOptions(data=str(data_dir), width=64, height=64, steps=o.steps, batch_size=o.batch_size,
+                           learning_rate=o.learning_rate or recipe["learning_rate"], template=recipe["template"],
+                           resize=recipe["resize"], flip=recipe["flip"], log_dir=str(out / "logs"),
+                           output=str(out / f"{name}.pt"), save_every=max(1, o.steps // o.copies), preview_every=0,
+                           log_every=10, validation_every=max(1, o.steps // o.copies), seed=o.seed, overwrite=True)
+    create = CreateOptions(name=name, dims=host.model_dims(), activation=recipe["activation"],
+                           weight_init=recipe["weight_init"])
+    return train(host, options, create=create, show_progress=show_progress)
+
+
+def _measure_copies(pipe, result, scenes, palette) -> dict:
+    """step -> Measured for each saved copy."""
     import hypernet
-    from .config import CreateOptions, DemoOptions, TrainOptions
+    measured = {}
+    for path in result.saved:
+        hn = hypernet.load(path)
+        measured[hn.step] = measure(pipe, scenes, palette, hn)
+    return measured
+
+
+def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> DemoResult:
+    """The whole demo: model, dataset, training, files, grid, and both figures for every saved copy."""
+    import hypernet
+    from .config import DemoOptions
     from .hosts.diffusers import DiffusersHost
     from .tiny import load_pipeline
-    from .train import train
     o = options or DemoOptions()
     started = time.perf_counter()
     out = Path(o.out)
@@ -167,17 +277,20 @@ def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> 
     host = DiffusersHost(pipe)
     data_dir = Path(o.data) if o.data else make_style_dataset(out / "style-data", seed=o.seed)
     name = PALETTE_NAME if not o.data else (Path(o.data).resolve().name or "mystyle")
-    train_options = TrainOptions(data=str(data_dir), width=64, height=64, steps=o.steps,
-                                 learning_rate=o.learning_rate, batch_size=o.batch_size, template="none",
-                                 log_dir=str(out / "logs"), output=str(out / f"{name}.pt"),
-                                 save_every=max(1, o.steps // 2), preview_every=0, log_every=10, seed=o.seed,
-                                 flip=True)
-    result = train(host, train_options, create=CreateOptions(name=name, dims=host.model_dims(), activation="relu"),
-                   show_progress=show_progress)
+    palette = dataset_palette(data_dir) if o.data else PALETTE
+    result = _train(host, o, data_dir, name, out, show_progress)
     hn = hypernet.load(result.output)
-    st_path = hn.save(out / f"{name}.safetensors")
-    measured = compare(pipe, hn, palette=dataset_palette(data_dir) if o.data else PALETTE)
-    picture = grid([[measured[s][0][i] for s in (0.0, 0.5, 1.0)] for i in range(len(HELD_OUT_PROMPTS))],
+    st_path = hn.save(out / f"{name}.safetensors", overwrite=True)
+    captions = {p.read_text() for p in data_dir.glob("*.txt")}
+    scenes = measure_scenes(o.measure_prompts, exclude=captions)
+    base = measure(pipe, scenes, palette)
+    copies = _measure_copies(pipe, result, scenes, palette)
+    val = dict(result.val_losses)
+    rows = [{"step": step, **trade_off(base, m), "val_loss": val.get(step)} for step, m in copies.items()]
+    final = copies.get(hn.step) or measure(pipe, scenes, palette, hn)
+    half = measure(pipe, scenes, palette, hn, 0.5)
+    shown = compare(pipe, hn, palette=palette)
+    picture = grid([[shown[s][0][i] for s in (0.0, 0.5, 1.0)] for i in range(len(HELD_OUT_PROMPTS))],
                    ["without", "strength 0.5", "strength 1.0"], HELD_OUT_PROMPTS)
     grid_path = out / "before_after.png"
     buf = io.BytesIO()
@@ -185,7 +298,8 @@ def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> 
     atomic_write(grid_path, buf.getvalue())
     run_dir = Path(result.run_dir)
     demo = DemoResult(str(out), result.output, st_path, str(grid_path), str(run_dir / "hypernetwork_loss.csv"),
-                      str(run_dir / "loss.png"), measured[0.0][1], measured[1.0][1], measured[0.5][1],
-                      time.perf_counter() - started)
+                      str(run_dir / "loss.png"), base.distance, final.distance, half.distance,
+                      time.perf_counter() - started, o.recipe, trade_off(base, final)["content_kept"],
+                      best_step(rows) if rows else hn.step, rows, len(scenes))
     atomic_write(out / "demo.json", json.dumps({**demo.__dict__, "shift": demo.shift}, indent=2).encode())
     return demo

@@ -55,12 +55,51 @@ def test_training_moves_unseen_prompts_toward_the_style_by_the_registered_margin
     assert trained.styled_distance < trained.half_distance < trained.base_distance
 
 
+def measure_set(trained):
+    captions = {p.read_text() for p in (Path(trained.out_dir) / "style-data").glob("*.txt")}
+    return demo.measure_scenes(trained.measure_prompts, exclude=captions)
+
+
 def test_an_untrained_hypernetwork_fails_the_margin(trained, pipe):
     fresh = hypernet.from_options(CreateOptions(name="fresh", dims=[64, 32], activation="relu"), seed=0)
-    measured = demo.compare(pipe, fresh, strengths=(0.0, 1.0))
-    base, styled = measured[0.0][1], measured[1.0][1]
-    assert base == pytest.approx(trained.base_distance)
-    assert 1 - styled / base < REQUIRED_SHIFT
+    scenes = measure_set(trained)
+    base, styled = demo.measure(pipe, scenes, demo.PALETTE), demo.measure(pipe, scenes, demo.PALETTE, fresh)
+    assert base.distance == pytest.approx(trained.base_distance)
+    assert demo.trade_off(base, styled)["shift"] < REQUIRED_SHIFT
+
+
+def test_every_saved_copy_is_measured_and_the_best_trade_off_named(trained):
+    summary = json.loads((Path(trained.out_dir) / "demo.json").read_text())
+    steps = summary["steps"]
+    assert [row["step"] for row in steps] == [STEPS // 6 * (i + 1) for i in range(6)]
+    assert all(set(row) == {"step", "shift", "content_kept", "val_loss"} for row in steps)
+    assert all(isinstance(row["val_loss"], float) and row["val_loss"] > 0 for row in steps)
+    assert summary["content_kept"] == pytest.approx(steps[-1]["content_kept"])  # the final file is the last copy
+    assert summary["shift"] == pytest.approx(steps[-1]["shift"])
+    assert summary["best_step"] == demo.best_step(steps) and isinstance(summary["best_step"], int)
+    assert summary["measure_prompts"] == 32 and trained.measure_prompts == 32
+    assert len(measure_set(trained)) == 32 and not {s.caption() for s in measure_set(trained)} & {
+        p.read_text() for p in (Path(trained.out_dir) / "style-data").glob("*.txt")}
+
+
+def test_content_read_back_scores_the_asked_shape_and_position():
+    scenes = demo.measure_scenes(8)
+    assert demo.content_read_back([s.render() for s in scenes], scenes) == 1.0
+    blank = [Image.new("RGB", (64, 64), "white")] * 8
+    assert demo.content_read_back(blank, scenes) == 0.0
+    rows = [{"step": 1, "shift": 0.6, "content_kept": 0.5}, {"step": 2, "shift": 0.3, "content_kept": 0.95},
+            {"step": 3, "shift": 0.45, "content_kept": 0.92}]
+    assert demo.best_step(rows) == 3                        # the largest shift that keeps 0.9 of the content
+    assert demo.best_step([dict(r, content_kept=0.5) for r in rows]) == 1
+
+
+def test_the_webui_recipe_is_its_defaults(tmp_path):
+    result = demo.run(DemoOptions(out=str(tmp_path), steps=2, recipe="webui", copies=1, measure_prompts=2),
+                      show_progress=False)
+    settings = json.loads((Path(result.loss_csv).parent / "settings.json").read_text())
+    assert settings["options"]["learning_rate"] == "0.00001" and settings["options"]["template"] == "style_filewords"
+    assert settings["options"]["resize"] == "stretch" and settings["options"]["flip"] is False
+    assert hypernet.load(result.pt).config.activation == "linear" and result.recipe == "webui"
 
 
 def test_strength_zero_reproduces_the_base_images_exactly(trained, pipe):
