@@ -108,14 +108,31 @@ def build_optimizer(name: str, params, opts: TrainOptions, lr: float) -> torch.o
     if name == "SGD":
         return torch.optim.SGD(params, lr=lr, momentum=opts.beta1, weight_decay=opts.weight_decay)
     if name == "AdamW8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise HypernetError("optimizer: AdamW8bit needs `pip install bitsandbytes` (and a CUDA GPU); "
-                                "use AdamW otherwise") from None
+        bnb = _optional_package("bitsandbytes", "AdamW8bit", "bitsandbytes` (and a CUDA GPU")
         return bnb.optim.AdamW8bit(params, lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.eps,
                                    weight_decay=opts.weight_decay)
+    if name == "Lion":
+        lion = _optional_package("lion_pytorch", "Lion", "lion-pytorch")
+        return lion.Lion(params, lr=lr, betas=(opts.beta1, opts.beta2), weight_decay=opts.weight_decay)
+    if name == "Prodigy":  # learning_rate is Prodigy's multiplier of its own estimate: 1.0 is the usual value
+        prodigy = _optional_package("prodigyopt", "Prodigy", "prodigyopt")
+        return prodigy.Prodigy(params, lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.eps,
+                               weight_decay=opts.weight_decay)
+    if name == "Adafactor":  # the trainer's schedule sets the rate, so Adafactor's own relative step is off
+        optimization = _optional_package("transformers.optimization", "Adafactor", "transformers")
+        return optimization.Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False,
+                                      weight_decay=opts.weight_decay)
     raise HypernetError(f"optimizer: unknown {name!r}")
+
+
+def _optional_package(module: str, optimizer: str, pip_name: str):
+    """The module an optimizer comes from, or a HypernetError saying what to install."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise HypernetError(f"optimizer: {optimizer} needs `pip install {pip_name}`; install it or choose "
+                            "AdamW") from None
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -170,8 +187,9 @@ class Progress:
     epoch: int
     epoch_step: int
     it_per_s: float
-    preview: Optional[str] = None
+    preview: Optional[str] = None  # the last preview image of this step
     saved: Optional[str] = None
+    previews: list = field(default_factory=list)  # every preview image of this step (a prompts file makes several)
 
 
 class _StopOnSigint:
@@ -224,7 +242,10 @@ class Trainer:
         self.run_dir = Path(options.log_dir) / today / self.name
         self.output = output_path(options, self.name)
         self._cond_cache: "dict[str, object]" = {}
-        self.optimizer = self.scaler = self.batches = self.board = self.bar = None
+        self.optimizer = self.scaler = self.batches = self.board = self.wandb = self.bar = None
+        self._copies: list = []           # numbered copies this run wrote, oldest first (keep_last_copies prunes)
+        self._host_restore: dict = {}     # host attributes the options changed, with their values before
+        self.sample_prompts = self._sample_prompts()
         self._loss_rows: list = []
         self._plot_points: tuple = ([], [])
         self.notes: list = []   # what the user should know about the data, one line each (skipped images...)
@@ -268,9 +289,47 @@ class Trainer:
         return TrainingSet(self.opts, self.host.encode_images, self.host.vae_key, self.name,
                            generator=torch.Generator().manual_seed(self.seed))
 
+    def _lr(self, step: int) -> float:
+        """The learning rate at a step: a pure function of the step, so a resumed run repeats it."""
+        o = self.opts
+        return schedule.learning_rate(self.lr_schedule, step, o.steps, o.lr_warmup_steps, o.lr_shape, o.lr_cycles,
+                                      o.lr_power)
+
+    def _sample_prompts(self) -> list:
+        """The previews a prompts file asks for (read now, before any model work), else []."""
+        if not self.opts.preview_prompts_file:
+            return []
+        from .sample_prompts import read_prompts
+        return read_prompts(self.opts.preview_prompts_file)
+
+    def _configure_host(self) -> None:
+        """Apply the options that change the host (clip skip, VAE); _restore_host undoes them."""
+        o = self.opts
+        if o.clip_skip:
+            if not hasattr(self.host, "clip_skip"):
+                raise HypernetError(f"clip_skip: {type(self.host).__name__} cannot skip text encoder layers; "
+                                    "leave it at 0")
+            self._set_host("clip_skip", o.clip_skip)
+        if o.vae:
+            if not hasattr(self.host, "use_vae"):
+                raise HypernetError(f"vae: {type(self.host).__name__} takes its VAE from its own settings (in the "
+                                    "webui: SD VAE); leave this empty")
+            self._host_restore["vae"] = self.host.use_vae(o.vae)
+
+    def _set_host(self, name: str, value) -> None:
+        self._host_restore.setdefault(name, getattr(self.host, name))
+        setattr(self.host, name, value)
+
+    def _restore_host(self) -> None:
+        for name, value in self._host_restore.items():
+            if name == "vae":
+                self.host.use_vae(value)
+            else:
+                setattr(self.host, name, value)
+        self._host_restore = {}
+
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        lr = schedule.learning_rate(self.lr_schedule, self.start_step, self.opts.steps, self.opts.lr_warmup_steps,
-                                    self.opts.lr_shape)
+        lr = self._lr(self.start_step)
         optimizer = build_optimizer(self.opts.optimizer, self.hn.parameters(), self.opts, lr)
         state = self.hn.optimizer_state_dict
         if state is not None:
@@ -287,7 +346,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ one step
     def _conditioning(self, prompts):
-        cacheable = not self.opts.shuffle_tags and self.opts.tag_dropout == 0
+        cacheable = not self.opts.shuffle_tags and self.opts.tag_dropout == 0  # caption dropout only adds ""
         if not cacheable:
             return self.host.encode_prompts(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cond_cache]
@@ -381,9 +440,35 @@ class Trainer:
                                 "install it or turn the option off") from None
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
+    def _wandb(self):
+        """A Weights & Biases run when the option is on (one per training run, in the run folder)."""
+        if not self.opts.wandb:
+            return None
+        try:
+            import wandb
+        except ImportError:
+            raise HypernetError("wandb: logging to Weights & Biases needs `pip install wandb` (and `wandb login`, "
+                                "or WANDB_MODE=offline); install it or turn the option off") from None
+        return wandb.init(project=self.opts.wandb_project or "hypernet", name=f"{self.name}-{self.start_step}",
+                          dir=str(self.run_dir), config={**self.opts.to_dict(), "seed": self.seed,
+                                                         "hypernetwork": self.hn.config.to_dict()})
+
+    def _log_step(self, step: int, loss: float, lr: float) -> None:
+        if self.board is not None:
+            self.board.add_scalar("Loss/train", loss, step)
+            self.board.add_scalar("Learn rate/train", lr, step)
+        if self.wandb is not None:
+            self.wandb.log({"loss": loss, "learn_rate": lr}, step=step)
+
+    def _log_previews(self, step: int, paths: list) -> None:
+        if self.wandb is not None and paths:
+            import wandb
+            self.wandb.log({"preview": [wandb.Image(p, caption=Path(p).stem) for p in paths]}, step=step)
+
     def _save(self, path: Path) -> str:
         self._stamp_metadata()
-        written = self.hn.save(path)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.opts.save_precision]
+        written = self.hn.save(path, dtype=dtype)
         if self.opts.save_optimizer_state:
             save_optimizer(written, self.opts.optimizer, self.optimizer.state_dict(),
                            {TRAINER_STATE_KEY: {"seed": self.seed, "batches_consumed": self.batches_consumed}})
@@ -392,27 +477,71 @@ class Trainer:
     def _save_copy(self, step: int) -> str:
         path = self._save(self.run_dir / "hypernetworks" / f"{self.name}-{step}.pt")
         self._draw_loss()
+        self._copies.append(path)
+        self._prune_copies()
         return path
 
+    def _prune_copies(self) -> None:
+        """Delete this run's older numbered copies (and their .optim) beyond keep_last_copies; never another file."""
+        keep = self.opts.keep_last_copies
+        if not keep:
+            return
+        from .files import optim_path
+        final = os.path.abspath(self.output)
+        while len(self._copies) > keep:
+            old = self._copies.pop(0)
+            if os.path.abspath(old) == final:
+                continue
+            for path in (old, optim_path(old)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+
     def _preview(self, step: int, batch) -> Optional[str]:
+        """The step's preview image (the last one when a prompts file asks for several)."""
+        paths = self._previews(step, batch)
+        return paths[-1] if paths else None
+
+    def _previews(self, step: int, batch) -> list:
+        """Render the step's previews: one from the preview options, or one per line of the prompts file."""
+        from .sample_prompts import SamplePrompt
         o = self.opts
-        prompt = o.preview_prompt or (batch.prompts[0] if batch.prompts else self.name)
+        # A line without --d keeps one seed for the whole run, so its previews show only what training changed.
+        if self.sample_prompts:
+            wanted = [(p, self.run_dir / "images" / f"{self.name}-{step}-{k}.png",
+                       random.Random(self.seed * 7919 + k).randrange(2 ** 31))
+                      for k, p in enumerate(self.sample_prompts)]
+        else:
+            prompt = o.preview_prompt or (batch.prompts[0] if batch.prompts else self.name)
+            wanted = [(SamplePrompt(prompt), self.run_dir / "images" / f"{self.name}-{step}.png",
+                       random.Random(self.seed + step).randrange(2 ** 31))]
         state = _rng_state()
         self.hn.eval()
         try:
-            seed = o.preview_seed if o.preview_seed >= 0 else random.Random(self.seed + step).randrange(2 ** 31)
-            extra = {"sampler_name": o.preview_sampler} if o.preview_sampler else {}
-            with torch.no_grad():
-                image = self.host.sample(prompt, o.preview_negative_prompt, o.preview_steps, o.preview_cfg_scale,
-                                         seed, o.preview_width or o.width, o.preview_height or o.height, **extra)
-            path = self.run_dir / "images" / f"{self.name}-{step}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(path)
-            (path.with_suffix(".txt")).write_text(f"{prompt}\nseed: {seed}\n")
-            return str(path)
+            return [self._render(*args) for args in wanted]
         finally:
             self.hn.train()
             _set_rng_state(state)
+
+    def _render(self, p, path: Path, random_seed: int) -> str:
+        """One preview image and its .txt, each setting from the prompt line or else the preview options; a seed
+        below 0 becomes `random_seed`."""
+        o = self.opts
+        pick = lambda own, default: default if own is None else own  # noqa: E731
+        seed = pick(p.seed, o.preview_seed)
+        seed = random_seed if seed < 0 else seed
+        sampler = pick(p.sampler, o.preview_sampler)
+        extra = {"sampler_name": sampler} if sampler else {}
+        negative = pick(p.negative, o.preview_negative_prompt)
+        with torch.no_grad():
+            image = self.host.sample(p.prompt, negative, pick(p.steps, o.preview_steps),
+                                     pick(p.cfg_scale, o.preview_cfg_scale), seed,
+                                     pick(p.width, o.preview_width or o.width),
+                                     pick(p.height, o.preview_height or o.height), **extra)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        text = f"{p.prompt}\n" + (f"negative: {negative}\n" if negative else "") + f"seed: {seed}\n"
+        path.with_suffix(".txt").write_text(text)
+        return str(path)
 
     # ------------------------------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
@@ -421,7 +550,11 @@ class Trainer:
             log.warning("%s is already at step %d (target %d); nothing to train", self.name, self.start_step,
                         opts.steps)
             return TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "already-done")
-        self._prepare()
+        try:
+            self._prepare()
+        except BaseException:
+            self._restore_host()
+            raise
         result = TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "completed")
         handle = attach(self.host.unet, [(self.hn, 1.0)], warn=False)
         try:
@@ -450,6 +583,7 @@ class Trainer:
         """Everything before the first step: checks, frozen model, data, folders, optimizer."""
         opts = self.opts
         self._check_compatibility()
+        self._configure_host()  # before the dataset: the VAE encodes it
         self._freeze_host()
         dataset = self._build_dataset()
         self.notes = dataset.notes()
@@ -459,6 +593,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_settings()
         self.board = self._tensorboard()
+        self.wandb = self._wandb()
         self.hn.to(self.host.device)
         self.hn.requires_grad_(True)
         self.hn.train()
@@ -477,7 +612,7 @@ class Trainer:
         step, nan_run, window = self.start_step, 0, []
         started = time.perf_counter()
         while step < opts.steps and not self.stop.is_set():
-            lr = schedule.learning_rate(self.lr_schedule, step, opts.steps, opts.lr_warmup_steps, opts.lr_shape)
+            lr = self._lr(step)
             loss, batch = self._accumulate(step, lr)
             if loss is None:
                 nan_run += 1
@@ -497,9 +632,7 @@ class Trainer:
             window.append(loss)
             self._plot_points[0].append(step)
             self._plot_points[1].append(loss)
-            if self.board is not None:
-                self.board.add_scalar("Loss/train", loss, step)
-                self.board.add_scalar("Learn rate/train", lr, step)
+            self._log_step(step, loss, lr)
             report = Progress(step, opts.steps, loss, lr, batch.epoch, batch.epoch_step,
                               (step - self.start_step) / max(time.perf_counter() - started, 1e-9))
             if opts.log_every and (step % opts.log_every == 0 or step == opts.steps or self.stop.is_set()):
@@ -510,8 +643,10 @@ class Trainer:
                 report.saved = self._save_copy(step)
                 result.saved.append(report.saved)
             if opts.preview_every and step % opts.preview_every == 0:
-                report.preview = self._preview(step, batch)
-                result.previews.append(report.preview)
+                report.previews = self._previews(step, batch)
+                report.preview = report.previews[-1] if report.previews else None
+                result.previews.extend(report.previews)
+                self._log_previews(step, report.previews)
             self._report(report)
 
     def _accumulate(self, step: int, lr: float):
@@ -560,11 +695,14 @@ class Trainer:
         """Undo what _prepare changed: progress bar, TensorBoard, checkpointing, training mode."""
         if self.board is not None:
             self.board.close()
+        if self.wandb is not None:
+            self.wandb.finish()
         if self.bar is not None:
             self.bar.close()
         self._finish_modules()
 
     def _finish_modules(self) -> None:
+        self._restore_host()
         if self.opts.gradient_checkpointing and hasattr(self.host, "disable_gradient_checkpointing"):
             self.host.disable_gradient_checkpointing()
         if hasattr(self.host, "close"):  # a host that changed the model for training undoes it

@@ -158,8 +158,7 @@ class TrainJob:
         def on_progress(report) -> None:
             with self._lock:
                 self.status.losses.append((report.step, report.loss))
-                if report.preview:
-                    self.status.previews.append(report.preview)
+                self.status.previews.extend(report.previews or ([report.preview] if report.preview else []))
             self._update(notes=list(trainer.notes), step=report.step, loss=report.loss, learn_rate=report.learn_rate,
                          it_per_s=report.it_per_s,
                          last_saved=report.saved or self.status.last_saved,
