@@ -316,3 +316,91 @@ def test_each_new_option_shows_in_the_cli_the_tabs_the_api_and_settings(pipes, d
     import json
     saved = json.loads((Path(result.run_dir) / "settings.json").read_text())["options"]
     assert saved["caption_dropout"] == 0.1 and saved["save_precision"] == "fp16" and set(NEW_FIELDS) <= set(saved)
+
+
+# ---------------------------------------------------------------------------------------------- run files
+@pytest.fixture(scope="module")
+def model_dir(pipes, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    pipes["sd1"].save_pretrained(folder)
+    return folder
+
+
+def test_a_toml_run_file_trains_and_flags_override_it(model_dir, data_dir, tmp_path, capsys):
+    from hypernet.cli import main
+    run = tmp_path / "run.toml"
+    run.write_text(f'''# every option by its name; tables only group them
+model = "{model_dir}"
+data = "{data_dir}"
+name = "fromfile"
+
+[images]
+width = 64
+height = 64
+caption-dropout = 0.1
+
+[train]
+steps = 3
+learning_rate = 1e-3
+lr_shape = "polynomial"
+seed = 5
+
+[output]
+log_dir = "{tmp_path / 'logs'}"
+output = "{tmp_path / 'fromfile.pt'}"
+save_every = 0
+preview_every = 0
+save_precision = "fp16"
+''')
+    assert main(["train", "--config", str(run), "--steps", "2"]) == 0, capsys.readouterr().err
+    hn = hypernet.load(tmp_path / "fromfile.pt")
+    assert hn.name == "fromfile" and hn.step == 2                      # the flag beat the file's steps = 3
+    settings = next((tmp_path / "logs").rglob("settings.json"))
+    import json
+    recorded = json.loads(settings.read_text())
+    assert recorded["options"]["caption_dropout"] == 0.1 and recorded["options"]["lr_shape"] == "polynomial"
+
+    # the run folder's settings.json repeats the run: same seed, same data, same result
+    again = tmp_path / "again.pt"
+    assert main(["train", "--config", str(settings), "--output", str(again), "--log-dir",
+                 str(tmp_path / "logs2")]) == 0, capsys.readouterr().err
+    assert same_state(state(hn), state(hypernet.load(again)))
+
+
+def test_dump_config_writes_what_config_reads(model_dir, data_dir, tmp_path, capsys):
+    from hypernet.cli import main
+    from hypernet.config_file import read_config
+    from hypernet.cli import _train_keys
+    for suffix in (".toml", ".json"):
+        dumped = tmp_path / f"dumped{suffix}"
+        assert main(["train", "--model", str(model_dir), "--data", str(data_dir), "--steps", "7", "--flip",
+                     "--learning-rate", "1e-4:3, 1e-5", "--layer-structure", "1, 1.5, 1",
+                     "--dump-config", str(dumped)]) == 0
+        assert "--config" in capsys.readouterr().out and not (tmp_path / "logs").exists()
+        values = read_config(dumped, _train_keys())
+        assert values["steps"] == 7 and values["flip"] is True and values["learning_rate"] == "1e-4:3, 1e-5"
+        assert values["model"] == str(model_dir) and values["layer_structure"] == "1, 1.5, 1"
+        assert TrainOptions(**{k: v for k, v in values.items() if k in TrainOptions.__dataclass_fields__}) == \
+            TrainOptions(data=str(data_dir), steps=7, flip=True, learning_rate="1e-4:3, 1e-5")
+
+
+@pytest.mark.parametrize("text, words", [
+    ('stepz = 3', "unknown option(s) stepz"),
+    ('steps = "many"', "steps: expected a whole number"),
+    ('model_kind = "flux"', "model_kind: unknown value 'flux'"),
+    ('steps = 3\n[train]\nsteps = 4', "steps is given twice"),
+    ('steps = ', "not valid TOML"),
+])
+def test_run_file_mistakes_are_one_line_errors_naming_the_key(data_dir, model_dir, tmp_path, capsys, text, words):
+    from hypernet.cli import main
+    run = tmp_path / "bad.toml"
+    run.write_text(f'data = "{data_dir}"\nmodel = "{model_dir}"\n{text}\n')
+    assert main(["train", "--config", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_without_a_model_anywhere_the_error_says_where_to_give_it(data_dir, tmp_path, capsys):
+    from hypernet.cli import main
+    assert main(["train", "--data", str(data_dir)]) == 2
+    assert "--model" in capsys.readouterr().err
