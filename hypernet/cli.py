@@ -237,7 +237,7 @@ def _dump_config(args, options, create) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import Trainer, output_path
+    from .train import output_path
     _apply_config(args)
     options, create = _train_plan(args)
     if args.dump_config:
@@ -245,25 +245,50 @@ def _cmd_train(args) -> int:
     name = create.name if create is not None else args.name
     if name:  # a continued file without --name is named by its contents: checked once it is read
         _refuse_overwrite(output_path(options, name), args.hypernetwork, options.overwrite)
+    from . import distributed
+    device = _train_device(args.device)
+    group = distributed.init_from_env(device)
+    try:
+        return _train_on(args, options, create, name, device, group)
+    finally:
+        distributed.close()
+
+
+def _train_device(requested: Optional[str]) -> str:
+    """The device flag, defaulting to CUDA when there is one; under torchrun each process takes its LOCAL_RANK's
+    GPU."""
+    import torch
+    from . import distributed
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and distributed.launched():
+        device = f"cuda:{distributed.local_rank()}"
+    return device
+
+
+def _train_on(args, options, create, name, device: str, group) -> int:
     import torch
     from .hosts.diffusers import DiffusersHost, load_pipeline
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .train import Trainer
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or (
         "fp32" if device == "cpu" else "fp16")]
     pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind or "auto")
     host = DiffusersHost(pipe, device=device, dtype=dtype)
     if create is not None and args.dims is None:
         create = create.replace(dims=host.model_dims())
-    trainer = Trainer(host, options, args.hypernetwork, create, name=args.name if args.hypernetwork else None)
+    trainer = Trainer(host, options, args.hypernetwork, create, name=args.name if args.hypernetwork else None,
+                      group=group)
     if not name:
         _refuse_overwrite(trainer.output, trainer.source_path, options.overwrite)
     result = trainer.run()
+    if not group.writer:
+        return 0  # process 0 reports for all
     if result.stopped == "already-done":
         print(f"{trainer.name} is already at step {result.step} of {options.steps}; nothing to do")
         return 0
     print(f"{result.stopped} at step {result.step}: {result.output}")
     print(f"run folder: {result.run_dir} (hypernetwork_loss.csv, loss.png, settings.json, "
-          f"{len(result.saved)} copies, {len(result.previews)} previews)")
+          f"{len(result.saved)} copies, {len(result.previews)} previews)"
+          + (f"; {group.world_size} processes" if group.active else ""))
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from . import schedule
+from . import distributed, schedule
 from .attach import attach
 from .config import CreateOptions, TrainOptions
 from .errors import HypernetError
@@ -222,9 +222,13 @@ class Trainer:
     def __init__(self, host, options: TrainOptions, hypernetwork: Union[Hypernetwork, str, os.PathLike, None] = None,
                  create: Optional[CreateOptions] = None, *, stop: Optional[threading.Event] = None,
                  on_progress: Optional[Callable[[Progress], None]] = None, show_progress: bool = True,
-                 name: Optional[str] = None):
+                 name: Optional[str] = None, group: Optional[distributed.Group] = None):
+        """`group`: this process among data-parallel processes (default: the initialised torch.distributed
+        group, else a single process)."""
         self.host = host
         self.opts = options
+        self.group = group or distributed.current()
+        self._stop_all = False  # data-parallel: a stop any process asked for, agreed at the last all-reduce
         self.stop = stop or threading.Event()
         self.on_progress = on_progress
         self.show_progress = show_progress
@@ -233,6 +237,7 @@ class Trainer:
         self.name = self.hn.name
         resume = self._trainer_state()
         self.seed = options.seed if options.seed >= 0 else int(resume.get("seed", secrets.randbelow(2 ** 31)))
+        self.seed = self.group.broadcast_int(self.seed, self._reduce_device())  # process 0's pick for all
         self.batches_consumed = int(resume.get("batches_consumed", 0)) if resume.get("seed") == self.seed else 0
         self.start_step = self.hn.step
         self.lr_schedule = schedule.parse_schedule(options.learning_rate, options.steps, "learning_rate")
@@ -284,10 +289,18 @@ class Trainer:
             module.requires_grad_(False)
             module.eval()
 
+    def _reduce_device(self) -> torch.device:
+        """Where collectives run: NCCL needs CUDA tensors, gloo takes CPU ones."""
+        device = torch.device(self.host.device)
+        return device if device.type == "cuda" else torch.device("cpu")
+
     def _build_dataset(self):
         from .data import TrainingSet
-        return TrainingSet(self.opts, self.host.encode_images, self.host.vae_key, self.name,
-                           generator=torch.Generator().manual_seed(self.seed))
+        # With a latent cache, process 0 fills it first and the others read it: one writer of files.
+        order = self.group.writer_first() if self.opts.latent_cache_dir else contextlib.nullcontext()
+        with order:
+            return TrainingSet(self.opts, self.host.encode_images, self.host.vae_key, self.name,
+                               generator=torch.Generator().manual_seed(self.seed))
 
     def _lr(self, step: int) -> float:
         """The learning rate at a step: a pure function of the step, so a resumed run repeats it."""
@@ -365,19 +378,28 @@ class Trainer:
         noise = sample_noise(tuple(x0.shape), self.opts.noise_offset, gen).to(device)
         t = sample_timesteps(x0.shape[0], self.opts.timestep_min,
                              min(self.opts.timestep_max, len(self.host.alphas_cumprod)), gen).to(device)
+        # The draws above cover the global batch, so every layout of processes sees the same numbers; each
+        # process then keeps its own shard.
+        part = self.group.shard(len(x0))
+        if part.start == part.stop:
+            return torch.zeros((), device=device)
+        x0, noise, t = x0[part], noise[part], t[part]
         alpha_bar = self.host.alphas_cumprod.to(device)[t]
         x_t = noisy_latents(x0, noise, alpha_bar)
         if self.opts.gradient_checkpointing:
             x_t.requires_grad_(True)  # reentrant checkpoints pass gradients only when an input needs them
-        cond = self._conditioning(batch.prompts)
+        cond = self._conditioning(batch.prompts[part])
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), self._autocast():
             # dropout draws from the global generator: seed it per step so a resumed run repeats it
             torch.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=gen)))
             pred = self.host.predict(x_t, t, cond)
         losses = per_sample_loss(pred, target(self.host.prediction_type, x0, noise, alpha_bar),
-                                 None if batch.weights is None else batch.weights.to(device))
-        return (losses * min_snr_weight(alpha_bar, self.opts.min_snr_gamma, self.host.prediction_type)).mean()
+                                 None if batch.weights is None else batch.weights[part].to(device))
+        weighted = losses * min_snr_weight(alpha_bar, self.opts.min_snr_gamma, self.host.prediction_type)
+        if not self.group.active:
+            return weighted.mean()
+        return weighted.sum() / len(batch)  # this shard's part of the global mean: the all-reduce sums the parts
 
     def _autocast(self):
         dtype = autocast_dtype(self.opts.mixed_precision, self.host.device)
@@ -399,7 +421,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ outputs
     def _write_settings(self) -> None:
+        if not self.group.writer:
+            return
         data = {"options": self.opts.to_dict(), "hypernetwork": self.hn.config.to_dict(), "seed": self.seed,
+                "processes": self.group.world_size,
                 "start_step": self.start_step, "source": self.source_path, "output": str(self.output),
                 "model": self.host.identity(), "started": _dt.datetime.now().isoformat(timespec="seconds"),
                 "torch": torch.__version__}
@@ -417,6 +442,8 @@ class Trainer:
         return path
 
     def _append_csv(self, row) -> None:
+        if not self.group.writer:
+            return
         path = self.run_dir / "hypernetwork_loss.csv"
         new = not path.exists()
         with open(path, "a", newline="") as fh:
@@ -431,7 +458,7 @@ class Trainer:
         self.hn.sd_checkpoint_name = ident.get("name")
 
     def _tensorboard(self):
-        if not self.opts.tensorboard:
+        if not self.opts.tensorboard or not self.group.writer:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -442,7 +469,7 @@ class Trainer:
 
     def _wandb(self):
         """A Weights & Biases run when the option is on (one per training run, in the run folder)."""
-        if not self.opts.wandb:
+        if not self.opts.wandb or not self.group.writer:
             return None
         try:
             import wandb
@@ -466,6 +493,8 @@ class Trainer:
             self.wandb.log({"preview": [wandb.Image(p, caption=Path(p).stem) for p in paths]}, step=step)
 
     def _save(self, path: Path) -> str:
+        if not self.group.writer:
+            return str(path)  # process 0 writes the same weights
         self._stamp_metadata()
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.opts.save_precision]
         written = self.hn.save(path, dtype=dtype)
@@ -475,6 +504,8 @@ class Trainer:
         return written
 
     def _save_copy(self, step: int) -> str:
+        if not self.group.writer:
+            return str(self.run_dir / "hypernetworks" / f"{self.name}-{step}.pt")
         path = self._save(self.run_dir / "hypernetworks" / f"{self.name}-{step}.pt")
         self._draw_loss()
         self._copies.append(path)
@@ -504,6 +535,8 @@ class Trainer:
     def _previews(self, step: int, batch) -> list:
         """Render the step's previews: one from the preview options, or one per line of the prompts file."""
         from .sample_prompts import SamplePrompt
+        if not self.group.writer:
+            return []
         o = self.opts
         # A line without --d keeps one seed for the whole run, so its previews show only what training changed.
         if self.sample_prompts:
@@ -563,13 +596,13 @@ class Trainer:
         except BaseException as exc:
             handle.remove()
             self._close()
-            rescue = self._rescue(result.step, exc)
+            rescue = self._rescue(result.step, exc) if self.group.writer else ""
             if isinstance(exc, HypernetError):
                 raise HypernetError(f"{exc}{rescue}") from None
             raise
         handle.remove()
         self._close()
-        if self.stop.is_set() and result.step < opts.steps:
+        if self._stopping() and result.step < opts.steps:
             result.stopped = "interrupted"
             # The numbered copy the periodic saves would make, so the log folder holds every stopping point.
             copy = self.run_dir / "hypernetworks" / f"{self.name}-{result.step}.pt"
@@ -590,11 +623,14 @@ class Trainer:
         for note in self.notes:
             log.warning("%s: %s", opts.data, note)
         log.info("training %s on %d images from %s", self.name, len(dataset), opts.data)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.group.writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_settings()
         self.board = self._tensorboard()
         self.wandb = self._wandb()
         self.hn.to(self.host.device)
+        for param in self.hn.parameters():  # a new file's random start, process 0's everywhere (as DDP does)
+            self.group.broadcast(param.data)
         self.hn.requires_grad_(True)
         self.hn.train()
         self.optimizer = self._build_optimizer()
@@ -602,7 +638,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.host.device.type) if fp16 else None
         if opts.gradient_checkpointing and hasattr(self.host, "enable_gradient_checkpointing"):
             self.host.enable_gradient_checkpointing()
-        self.batches = dataset.batches(opts.batch_size, random.Random(self.seed))
+        # Every process draws the same global batches (batch_size per process) and trains on its shard of each.
+        self.batches = dataset.batches(opts.batch_size * self.group.world_size, random.Random(self.seed))
         for _ in range(self.batches_consumed):
             next(self.batches)
         self.bar = self._progress_bar()
@@ -611,7 +648,7 @@ class Trainer:
         opts = self.opts
         step, nan_run, window = self.start_step, 0, []
         started = time.perf_counter()
-        while step < opts.steps and not self.stop.is_set():
+        while step < opts.steps and not self._stopping():
             lr = self._lr(step)
             loss, batch = self._accumulate(step, lr)
             if loss is None:
@@ -635,7 +672,7 @@ class Trainer:
             self._log_step(step, loss, lr)
             report = Progress(step, opts.steps, loss, lr, batch.epoch, batch.epoch_step,
                               (step - self.start_step) / max(time.perf_counter() - started, 1e-9))
-            if opts.log_every and (step % opts.log_every == 0 or step == opts.steps or self.stop.is_set()):
+            if opts.log_every and (step % opts.log_every == 0 or step == opts.steps or self._stopping()):
                 self._append_csv((step, batch.epoch, batch.epoch_step, f"{sum(window) / len(window):.7f}",
                                   f"{lr:.10g}"))
                 window = []
@@ -654,23 +691,52 @@ class Trainer:
         opts = self.opts
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total, batch = 0.0, None
+        total, batch, finite = 0.0, None, True
         for micro in range(opts.gradient_accumulation):
             batch = next(self.batches)
             self.batches_consumed += 1
             loss = self._micro_loss(batch, step, micro)
             if not bool(torch.isfinite(loss)):
+                if not self.group.active:
+                    self._drop_gradients()
+                    return None, batch
+                finite = False  # the others still reach the all-reduce below, which tells them
+                continue
+            scaled = loss / opts.gradient_accumulation
+            if loss.requires_grad:  # an empty shard has nothing to differentiate
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += float(loss.detach()) / opts.gradient_accumulation
+        if self.group.active:
+            total, finite = self._all_reduce(total, finite)
+            if not finite:
                 self._drop_gradients()
                 return None, batch
-            scaled = loss / opts.gradient_accumulation
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total += float(loss.detach()) / opts.gradient_accumulation
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if not self._grads_finite():
             self._drop_gradients()
             return None, batch
         return total, batch
+
+    def _all_reduce(self, total: float, finite: bool):
+        """Sum the gradients, losses, failures and stop requests of every process in one flat buffer (the
+        gradients still scaled, so every process's GradScaler sees the same numbers); (loss, all finite)."""
+        params = list(self.hn.parameters())
+        flags = torch.tensor([total, 0.0 if finite else 1.0, 1.0 if self.stop.is_set() else 0.0])
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                          for p in params] + [flags.to(params[0].device)])
+        flat = self.group.all_reduce_sum(flat.to(self._reduce_device()))
+        offset = 0
+        for p in params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.device, p.dtype).clone()
+            offset += p.numel()
+        total, failures, stops = (float(v) for v in flat[offset:])
+        self._stop_all = self._stop_all or stops > 0
+        return total, failures == 0 and math.isfinite(total)
+
+    def _stopping(self) -> bool:
+        """Whether to stop after this step; data-parallel processes stop together, at the step all agreed on."""
+        return self._stop_all if self.group.active else self.stop.is_set()
 
     def _drop_gradients(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -687,7 +753,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _draw_loss(self) -> None:
-        if self._plot_points[0]:
+        if self._plot_points[0] and self.group.writer:
             from .plot import draw_loss
             draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss")
 
@@ -724,7 +790,7 @@ class Trainer:
         return f"; the weights at step {step} were saved to {written}"
 
     def _progress_bar(self):
-        if not self.show_progress:
+        if not self.show_progress or not self.group.writer:
             return None
         from tqdm.auto import tqdm
         return tqdm(total=self.opts.steps, initial=self.start_step, desc=f"training {self.name}", unit="step",
