@@ -197,31 +197,98 @@ def _train_plan(args):
     return options, options_from_args(CreateOptions, args, **fixed)
 
 
+# The train command's own flags that a run file may also hold, with the values they accept (None: any).
+_TRAIN_FLAGS = {"model": None, "model_kind": ("auto", "sd", "sdxl"), "hypernetwork": None, "device": None,
+                "dtype": ("fp32", "fp16", "bf16")}
+
+
+def _train_keys() -> list:
+    from .config import TrainOptions
+    return [f.name for cls in (TrainOptions, CreateOptions) for f in dataclasses.fields(cls)] + list(_TRAIN_FLAGS)
+
+
+def _apply_config(args) -> None:
+    """Fill every flag not given on the command line from --config; flags given explicitly win."""
+    if args.config:
+        from .config_file import read_config
+        for key, value in read_config(args.config, _train_keys()).items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+    for key, choices in _TRAIN_FLAGS.items():
+        value = getattr(args, key)
+        if value is not None and (not isinstance(value, str) or (choices and value not in choices)):
+            accepted = f"; accepted: {', '.join(choices)}" if choices else ""
+            raise HypernetError(f"{key}: unknown value {value!r}{accepted}")
+    if not args.model:
+        raise HypernetError("--model: give the diffusers folder or checkpoint to train on (a flag, or model = ... "
+                            "in the --config file)")
+
+
+def _dump_config(args, options, create) -> int:
+    """Write the run's every training option (and the given creation and model flags) to --dump-config."""
+    from .config_file import write_config
+    values = {key: getattr(args, key) for key in _TRAIN_FLAGS}
+    values.update(options.to_dict())
+    if create is not None:
+        values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(CreateOptions)})
+    path = write_config(args.dump_config, values)
+    print(f"wrote the options to {path}; train with: python -m hypernet train --config {path}")
+    return 0
+
+
 def _cmd_train(args) -> int:
-    from .train import Trainer, output_path
+    from .train import output_path
+    _apply_config(args)
     options, create = _train_plan(args)
+    if args.dump_config:
+        return _dump_config(args, options, create)
     name = create.name if create is not None else args.name
     if name:  # a continued file without --name is named by its contents: checked once it is read
         _refuse_overwrite(output_path(options, name), args.hypernetwork, options.overwrite)
+    from . import distributed
+    device = _train_device(args.device)
+    group = distributed.init_from_env(device)
+    try:
+        return _train_on(args, options, create, name, device, group)
+    finally:
+        distributed.close()
+
+
+def _train_device(requested: Optional[str]) -> str:
+    """The device flag, defaulting to CUDA when there is one; under torchrun each process takes its LOCAL_RANK's
+    GPU."""
+    import torch
+    from . import distributed
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and distributed.launched():
+        device = f"cuda:{distributed.local_rank()}"
+    return device
+
+
+def _train_on(args, options, create, name, device: str, group) -> int:
     import torch
     from .hosts.diffusers import DiffusersHost, load_pipeline
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .train import Trainer
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or (
         "fp32" if device == "cpu" else "fp16")]
-    pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind)
+    pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind or "auto")
     host = DiffusersHost(pipe, device=device, dtype=dtype)
     if create is not None and args.dims is None:
         create = create.replace(dims=host.model_dims())
-    trainer = Trainer(host, options, args.hypernetwork, create, name=args.name if args.hypernetwork else None)
+    trainer = Trainer(host, options, args.hypernetwork, create, name=args.name if args.hypernetwork else None,
+                      group=group)
     if not name:
         _refuse_overwrite(trainer.output, trainer.source_path, options.overwrite)
     result = trainer.run()
+    if not group.writer:
+        return 0  # process 0 reports for all
     if result.stopped == "already-done":
         print(f"{trainer.name} is already at step {result.step} of {options.steps}; nothing to do")
         return 0
     print(f"{result.stopped} at step {result.step}: {result.output}")
     print(f"run folder: {result.run_dir} (hypernetwork_loss.csv, loss.png, settings.json, "
-          f"{len(result.saved)} copies, {len(result.previews)} previews)")
+          f"{len(result.saved)} copies, {len(result.previews)} previews)"
+          + (f"; {group.world_size} processes" if group.active else ""))
     if result.val_losses:
         curve = ", ".join(f"{loss:.5f} at {step}" for step, loss in result.val_losses)
         share = result.validation_seconds / max(result.seconds, 1e-9)
@@ -310,9 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("train", help="train a hypernetwork on a diffusers model, headless")
-    p.add_argument("--model", required=True, help="diffusers folder, or a .safetensors/.ckpt checkpoint")
-    p.add_argument("--model-kind", choices=("auto", "sd", "sdxl"), default="auto",
-                   help="for single-file checkpoints: which pipeline class to use")
+    p.add_argument("--config", help="a TOML or JSON file of options (names as below, e.g. learning_rate = "
+                                    "\"1e-4\"), or a run folder's settings.json to repeat that run; flags given "
+                                    "here override it")
+    p.add_argument("--dump-config", metavar="FILE", help="write every option of this command line (and --config) "
+                                                         "to FILE (.toml or .json) and exit without training")
+    p.add_argument("--model", help="diffusers folder, or a .safetensors/.ckpt checkpoint")
+    p.add_argument("--model-kind", choices=_TRAIN_FLAGS["model_kind"], default=None,
+                   help="for single-file checkpoints: which pipeline class to use (default: auto)")
     p.add_argument("--hypernetwork", help="continue training this .pt/.safetensors (with its .optim if present)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="frozen model weights' precision")

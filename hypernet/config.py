@@ -255,10 +255,12 @@ def _fmt(values) -> str:
 
 RESIZE_MODES = ("crop", "stretch", "buckets")
 LATENT_SAMPLING = ("once", "deterministic", "random")
-OPTIMIZERS = ("AdamW", "Adam", "SGD", "AdamW8bit")
+# Lion, Prodigy and Adafactor come from their maintained packages (lion-pytorch, prodigyopt, transformers).
+OPTIMIZERS = ("AdamW", "Adam", "SGD", "AdamW8bit", "Lion", "Prodigy", "Adafactor")
 CLIP_MODES = ("disabled", "value", "norm")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
-LR_SHAPES = ("constant", "cosine")
+LR_SHAPES = ("constant", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
+SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def _opt(default, help_text, **extra):
@@ -293,10 +295,18 @@ class TrainOptions:
     shuffle_tags: bool = _opt(False, "shuffle comma-separated caption tags each step", group="data")
     tag_dropout: float = _opt(0.0, "probability of dropping each caption tag each step", group="data")
     keep_tags: int = _opt(0, "keep the first N tags fixed when shuffling or dropping", group="data")
+    caption_dropout: float = _opt(0.0, "probability of training an image with an empty prompt each step "
+                                  "(kohya's caption_dropout_rate)", group="data")
     latent_sampling: str = _opt("once", "VAE latents: one fixed sample, the mean, or a new sample each use",
                                 choices=LATENT_SAMPLING, group="data")
     use_alpha_weight: bool = _opt(False, "use image transparency as a per-pixel loss weight", group="data")
     latent_cache_dir: str = _opt("", "folder for a disk cache of encoded latents (empty: memory only)", group="data")
+    vae: str = _opt("", "encode the images with this VAE instead of the model's: a diffusers AutoencoderKL folder or "
+                    "a .safetensors VAE file (diffusers models; in the webui pick it in the SD VAE setting)",
+                    group="data")
+    clip_skip: int = _opt(0, "condition on the text encoder's N-th layer from the end (2 for anime models trained "
+                          "so); 0: the host's own setting (the webui's Clip skip, else 1). SDXL already uses its "
+                          "penultimate layer: values up to 2 keep that, larger ones go further back", group="data")
     # optimisation
     steps: int = _opt(1000, "train until this many steps in total (a resumed file counts its steps)",
                       group="train", essential=True)
@@ -305,8 +315,11 @@ class TrainOptions:
     learning_rate: str = _opt("0.00001", "learning rate, or a schedule \"rate:step, rate:step, rate\"",
                               group="train", essential=True)
     lr_warmup_steps: int = _opt(0, "linear warmup over the first N steps", group="train")
-    lr_shape: str = _opt("constant", "multiply the schedule by a cosine decay to zero over the run",
-                         choices=LR_SHAPES, group="train")
+    lr_shape: str = _opt("constant", "multiply the schedule by a decay over the run (after the warmup): cosine "
+                         "to zero, cosine with lr_cycles hard restarts, polynomial of power lr_power to zero; "
+                         "constant_with_warmup is constant (set lr_warmup_steps)", choices=LR_SHAPES, group="train")
+    lr_cycles: int = _opt(1, "cosine_with_restarts: how many cosine cycles the run makes", group="train")
+    lr_power: float = _opt(1.0, "polynomial: the decay's power (1 = linear)", group="train")
     optimizer: str = _opt("AdamW", "optimizer", choices=OPTIMIZERS, group="train")
     weight_decay: float = _opt(0.01, "weight decay (AdamW's default)", group="train")
     beta1: float = _opt(0.9, "Adam beta1 (SGD momentum)", group="train")
@@ -332,8 +345,15 @@ class TrainOptions:
                            "file never needs this)", group="output")
     save_every: int = _opt(500, "save a numbered copy every N steps (0 = never)", group="output", essential=True)
     save_optimizer_state: bool = _opt(True, "write a .optim beside each save, for exact resume", group="output")
+    keep_last_copies: int = _opt(0, "keep only the last N numbered copies this run saved, with their .optim "
+                                 "(0 = keep all; the final file is never removed)", group="output")
+    save_precision: str = _opt("fp32", "weights' precision in saved files (fp16 halves the size; every webui "
+                               "reads it; training state stays fp32)", choices=SAVE_PRECISIONS, group="output")
     log_every: int = _opt(10, "write a loss CSV row every N steps", group="output")
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)", group="output")
+    wandb: bool = _opt(False, "also log to Weights & Biases (needs the wandb package; WANDB_MODE=offline logs "
+                       "without an account)", group="output")
+    wandb_project: str = _opt("hypernet", "Weights & Biases project name", group="output")
     validation_every: int = _opt(100, "score the fixed validation draws every N steps and at every save "
                                  "(0 = never); a smooth curve to pick the copy before over-training",
                                  group="validation")
@@ -343,6 +363,10 @@ class TrainOptions:
     preview_every: int = _opt(500, "generate a preview image every N steps (0 = never)",
                               group="preview", essential=True)
     preview_prompt: str = _opt("", "preview prompt (empty: the current batch's caption)", group="preview")
+    preview_prompts_file: str = _opt("", "a text file of preview prompts, one per line, each rendered at every "
+                                     "preview step; kohya's inline options --n negative --w width --h height "
+                                     "--s steps --d seed --l cfg --ss sampler; lines starting with # are comments",
+                                     group="preview")
     preview_negative_prompt: str = _opt("", "preview negative prompt", group="preview")
     preview_steps: int = _opt(20, "preview sampling steps", group="preview")
     preview_cfg_scale: float = _opt(7.0, "preview guidance scale", group="preview")
@@ -361,19 +385,23 @@ class TrainOptions:
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f.name, f"unknown value {value!r}; accepted: {', '.join(choices)}")
         positive = ("width", "height", "steps", "batch_size", "gradient_accumulation", "preview_steps",
-                    "max_nan_steps", "validation_draws")
+                    "max_nan_steps", "lr_cycles", "validation_draws")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
         for name in ("width", "height"):
             if getattr(self, name) % 8:
                 raise ConfigError(name, f"must be a multiple of 8, got {getattr(self, name)}")
-        for name in ("save_every", "preview_every", "log_every", "validation_every", "validation_images", "lr_warmup_steps", "keep_tags",
-                     "preview_width", "preview_height", "weight_decay", "eps", "min_snr_gamma", "noise_offset"):
+        for name in ("save_every", "preview_every", "log_every", "lr_warmup_steps", "keep_tags",
+                     "preview_width", "preview_height", "weight_decay", "eps", "min_snr_gamma", "noise_offset",
+                     "clip_skip", "keep_last_copies", "validation_every", "validation_images"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.tag_dropout < 1:
-            raise ConfigError("tag_dropout", f"must be in [0, 1), got {self.tag_dropout}")
+        for name in ("tag_dropout", "caption_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
+        if self.lr_power <= 0:
+            raise ConfigError("lr_power", f"must be > 0, got {self.lr_power}")
         if not 0 <= self.timestep_min < self.timestep_max <= 1000:
             raise ConfigError("timestep_max", f"need 0 <= timestep_min < timestep_max <= 1000, got "
                                               f"{self.timestep_min}..{self.timestep_max}")

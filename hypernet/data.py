@@ -630,15 +630,16 @@ class TrainingSet:
     @property
     def static_prompts(self) -> bool:
         """True when every image always gets the same prompt, so text encodings can be computed once."""
-        return len(self.lines) == 1 and not self.options.shuffle_tags and self.options.tag_dropout <= 0
+        o = self.options
+        return len(self.lines) == 1 and not o.shuffle_tags and o.tag_dropout <= 0 and o.caption_dropout <= 0
 
     def possible_prompts(self) -> Optional[List[str]]:
         """Every prompt a batch can contain, when that set is finite (no tag shuffle or dropout); else None."""
         if self.options.shuffle_tags or self.options.tag_dropout > 0:
             return None
         rng = random.Random(0)  # unused without shuffle or dropout
-        return sorted({render_prompt(line, self.name, item.caption, rng) for line in self.lines
-                       for item in self._items})
+        prompts = {render_prompt(line, self.name, item.caption, rng) for line in self.lines for item in self._items}
+        return sorted(prompts | ({""} if self.options.caption_dropout > 0 else set()))
 
     def batches_per_epoch(self, batch_size: int) -> int:
         """How many batches one epoch yields at this batch size (a smaller last batch per size group counts)."""
@@ -687,8 +688,11 @@ class TrainingSet:
                      target_size=(items[0].size[1], items[0].size[0]))
 
     def _prompt(self, item: _Item, rng: random.Random) -> str:
-        """A freshly drawn template line filled in for one use of an item."""
+        """A freshly drawn template line filled in for one use of an item; "" when the whole caption is dropped."""
         o = self.options
+        # Drawn from the batch stream only when on, so runs without it draw exactly what they always did.
+        if o.caption_dropout > 0 and rng.random() < o.caption_dropout:
+            return ""
         return render_prompt(rng.choice(self.lines), self.name, item.caption, rng, o.shuffle_tags, o.tag_dropout,
                              o.keep_tags)
 

@@ -107,8 +107,8 @@ def webui_torch_bytes(obj) -> bytes:
     return out.getvalue()
 
 
-def _cpu_state(module) -> "collections.OrderedDict":
-    return collections.OrderedDict((k, v.detach().to("cpu", torch.float32).contiguous().clone())
+def _cpu_state(module, dtype: torch.dtype = torch.float32) -> "collections.OrderedDict":
+    return collections.OrderedDict((k, v.detach().to("cpu", dtype).contiguous().clone())
                                    for k, v in module.state_dict().items())
 
 
@@ -142,36 +142,37 @@ def _check_savable(hn: Hypernetwork, path) -> None:
         raise HypernetError(f"{path}: not saved, the hypernetwork has NaN or infinite weights (training diverged?)")
 
 
-def to_pt_bytes(hn: Hypernetwork) -> bytes:
+def to_pt_bytes(hn: Hypernetwork, dtype: torch.dtype = torch.float32) -> bytes:
     state: dict = {}
     for dim in hn.dims:
         k, v = hn.modules_for(dim)
-        state[dim] = (_cpu_state(k), _cpu_state(v))
+        state[dim] = (_cpu_state(k, dtype), _cpu_state(v, dtype))
     state.update(metadata_dict(hn))
     return webui_torch_bytes(state)
 
 
-def to_safetensors_bytes(hn: Hypernetwork) -> bytes:
+def to_safetensors_bytes(hn: Hypernetwork, dtype: torch.dtype = torch.float32) -> bytes:
     from safetensors.torch import save as st_save
     tensors = {}
     for dim in hn.dims:
         for which, module in zip("kv", hn.modules_for(dim)):
-            for key, value in _cpu_state(module).items():
+            for key, value in _cpu_state(module, dtype).items():
                 tensors[f"{dim}.{which}.{key}"] = value
     meta = {"format": SAFETENSORS_FORMAT, "format_version": SAFETENSORS_FORMAT_VERSION,
             "hypernet": json.dumps(metadata_dict(hn))}
     return st_save(tensors, metadata=meta)
 
 
-def save(hn: Hypernetwork, path, *, overwrite: bool = True) -> str:
-    """Write hn to .pt (webui layout) or .safetensors (by suffix), atomically; returns the path."""
+def save(hn: Hypernetwork, path, *, overwrite: bool = True, dtype: torch.dtype = torch.float32) -> str:
+    """Write hn to .pt (webui layout) or .safetensors (by suffix), atomically, its weights in `dtype`; returns the
+    path."""
     path = Path(path)
     _check_savable(hn, path)
     suffix = path.suffix.lower()
     if suffix == ST_SUFFIX:
-        data = to_safetensors_bytes(hn)
+        data = to_safetensors_bytes(hn, dtype)
     elif suffix in PT_SUFFIXES:
-        data = to_pt_bytes(hn)
+        data = to_pt_bytes(hn, dtype)
     else:
         raise HypernetError(f"{path}: unknown file type {path.suffix!r}; use .pt or .safetensors")
     if path.exists() and not overwrite:

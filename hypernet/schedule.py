@@ -64,9 +64,44 @@ def cosine_factor(step: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def learning_rate(schedule, step: int, total_steps: int, warmup_steps: int = 0, shape: str = "constant") -> float:
-    """The learning rate for a step: scheduled value times warmup and (optionally) cosine factors."""
-    rate = value_at(schedule, step) * warmup_factor(step, warmup_steps)
+# The shapes below are the formulas of diffusers.optimization (get_cosine_with_hard_restarts_schedule_with_warmup,
+# get_polynomial_decay_schedule_with_warmup with lr_end 0), written as pure functions of the step: those are
+# LambdaLR objects whose state would have to travel in the .optim, and a pure function makes a resumed run exact by
+# construction. tests/test_schedule.py checks them against diffusers' own schedulers. Their decay starts after the
+# warmup, as diffusers' does; the warmup ramp itself stays ours ((step+1)/warmup, never a zero rate).
+def _after_warmup(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Progress in [0, 1] through the steps that follow the warmup."""
+    span = max(1, total_steps - warmup_steps)
+    return min(max((step - warmup_steps) / span, 0.0), 1.0)
+
+
+def restarts_factor(step: int, total_steps: int, warmup_steps: int = 0, cycles: int = 1) -> float:
+    """Cosine from 1 to 0, `cycles` times over the steps after the warmup, jumping back to 1 at each restart."""
+    progress = _after_warmup(step, total_steps, warmup_steps)
+    if progress >= 1.0:
+        return 0.0
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((float(cycles) * progress) % 1.0))))
+
+
+def polynomial_factor(step: int, total_steps: int, warmup_steps: int = 0, power: float = 1.0) -> float:
+    """(1 - progress) ** power over the steps after the warmup: 1 down to 0 (power 1 is a linear decay)."""
+    return (1.0 - _after_warmup(step, total_steps, warmup_steps)) ** power
+
+
+def shape_factor(shape: str, step: int, total_steps: int, warmup_steps: int = 0, cycles: int = 1,
+                 power: float = 1.0) -> float:
+    """The multiplier an lr_shape applies at a step (warmup excluded)."""
     if shape == "cosine":
-        rate *= cosine_factor(step, total_steps)
-    return rate
+        return cosine_factor(step, total_steps)
+    if shape == "cosine_with_restarts":
+        return restarts_factor(step, total_steps, warmup_steps, cycles)
+    if shape == "polynomial":
+        return polynomial_factor(step, total_steps, warmup_steps, power)
+    return 1.0  # constant, constant_with_warmup
+
+
+def learning_rate(schedule, step: int, total_steps: int, warmup_steps: int = 0, shape: str = "constant",
+                  cycles: int = 1, power: float = 1.0) -> float:
+    """The learning rate for a step: scheduled value times the warmup and shape factors."""
+    rate = value_at(schedule, step) * warmup_factor(step, warmup_steps)
+    return rate * shape_factor(shape, step, total_steps, warmup_steps, cycles, power)

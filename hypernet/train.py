@@ -7,6 +7,7 @@ import datetime as _dt
 import io
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -20,7 +21,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from . import schedule, validation
+from . import distributed, schedule, validation
 from .attach import attach
 from .config import CreateOptions, TrainOptions
 from .errors import HypernetError
@@ -109,14 +110,31 @@ def build_optimizer(name: str, params, opts: TrainOptions, lr: float) -> torch.o
     if name == "SGD":
         return torch.optim.SGD(params, lr=lr, momentum=opts.beta1, weight_decay=opts.weight_decay)
     if name == "AdamW8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise HypernetError("optimizer: AdamW8bit needs `pip install bitsandbytes` (and a CUDA GPU); "
-                                "use AdamW otherwise") from None
+        bnb = _optional_package("bitsandbytes", "AdamW8bit", "bitsandbytes` (and a CUDA GPU")
         return bnb.optim.AdamW8bit(params, lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.eps,
                                    weight_decay=opts.weight_decay)
+    if name == "Lion":
+        lion = _optional_package("lion_pytorch", "Lion", "lion-pytorch")
+        return lion.Lion(params, lr=lr, betas=(opts.beta1, opts.beta2), weight_decay=opts.weight_decay)
+    if name == "Prodigy":  # learning_rate is Prodigy's multiplier of its own estimate: 1.0 is the usual value
+        prodigy = _optional_package("prodigyopt", "Prodigy", "prodigyopt")
+        return prodigy.Prodigy(params, lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.eps,
+                               weight_decay=opts.weight_decay)
+    if name == "Adafactor":  # the trainer's schedule sets the rate, so Adafactor's own relative step is off
+        optimization = _optional_package("transformers.optimization", "Adafactor", "transformers")
+        return optimization.Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False,
+                                      weight_decay=opts.weight_decay)
     raise HypernetError(f"optimizer: unknown {name!r}")
+
+
+def _optional_package(module: str, optimizer: str, pip_name: str):
+    """The module an optimizer comes from, or a HypernetError saying what to install."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise HypernetError(f"optimizer: {optimizer} needs `pip install {pip_name}`; install it or choose "
+                            "AdamW") from None
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -174,9 +192,10 @@ class Progress:
     epoch: int
     epoch_step: int
     it_per_s: float
-    preview: Optional[str] = None
+    preview: Optional[str] = None  # the last preview image of this step
     saved: Optional[str] = None
     val_loss: Optional[float] = None
+    previews: list = field(default_factory=list)  # every preview image of this step (a prompts file makes several)
 
 
 class _StopOnSigint:
@@ -209,9 +228,13 @@ class Trainer:
     def __init__(self, host, options: TrainOptions, hypernetwork: Union[Hypernetwork, str, os.PathLike, None] = None,
                  create: Optional[CreateOptions] = None, *, stop: Optional[threading.Event] = None,
                  on_progress: Optional[Callable[[Progress], None]] = None, show_progress: bool = True,
-                 name: Optional[str] = None):
+                 name: Optional[str] = None, group: Optional[distributed.Group] = None):
+        """`group`: this process among data-parallel processes (default: the initialised torch.distributed
+        group, else a single process)."""
         self.host = host
         self.opts = options
+        self.group = group or distributed.current()
+        self._stop_all = False  # data-parallel: a stop any process asked for, agreed at the last all-reduce
         self.stop = stop or threading.Event()
         self.on_progress = on_progress
         self.show_progress = show_progress
@@ -220,6 +243,7 @@ class Trainer:
         self.name = self.hn.name
         resume = self._trainer_state()
         self.seed = options.seed if options.seed >= 0 else int(resume.get("seed", secrets.randbelow(2 ** 31)))
+        self.seed = self.group.broadcast_int(self.seed, self._reduce_device())  # process 0's pick for all
         self.batches_consumed = int(resume.get("batches_consumed", 0)) if resume.get("seed") == self.seed else 0
         self.start_step = self.hn.step
         self.lr_schedule = schedule.parse_schedule(options.learning_rate, options.steps, "learning_rate")
@@ -229,7 +253,10 @@ class Trainer:
         self.run_dir = Path(options.log_dir) / today / self.name
         self.output = output_path(options, self.name)
         self._cond_cache: "dict[str, object]" = {}
-        self.optimizer = self.scaler = self.batches = self.board = self.bar = None
+        self.optimizer = self.scaler = self.batches = self.board = self.wandb = self.bar = None
+        self._copies: list = []           # numbered copies this run wrote, oldest first (keep_last_copies prunes)
+        self._host_restore: dict = {}     # host attributes the options changed, with their values before
+        self.sample_prompts = self._sample_prompts()
         self._loss_rows: list = []
         self._plot_points: tuple = ([], [])
         self._val_points: tuple = ([], [])
@@ -271,14 +298,60 @@ class Trainer:
             module.requires_grad_(False)
             module.eval()
 
+    def _reduce_device(self) -> torch.device:
+        """Where collectives run: NCCL needs CUDA tensors, gloo takes CPU ones."""
+        device = torch.device(self.host.device)
+        return device if device.type == "cuda" else torch.device("cpu")
+
     def _build_dataset(self):
         from .data import TrainingSet
-        return TrainingSet(self.opts, self.host.encode_images, self.host.vae_key, self.name,
-                           generator=torch.Generator().manual_seed(self.seed))
+        # With a latent cache, process 0 fills it first and the others read it: one writer of files.
+        order = self.group.writer_first() if self.opts.latent_cache_dir else contextlib.nullcontext()
+        with order:
+            return TrainingSet(self.opts, self.host.encode_images, self.host.vae_key, self.name,
+                               generator=torch.Generator().manual_seed(self.seed))
+
+    def _lr(self, step: int) -> float:
+        """The learning rate at a step: a pure function of the step, so a resumed run repeats it."""
+        o = self.opts
+        return schedule.learning_rate(self.lr_schedule, step, o.steps, o.lr_warmup_steps, o.lr_shape, o.lr_cycles,
+                                      o.lr_power)
+
+    def _sample_prompts(self) -> list:
+        """The previews a prompts file asks for (read now, before any model work), else []."""
+        if not self.opts.preview_prompts_file:
+            return []
+        from .sample_prompts import read_prompts
+        return read_prompts(self.opts.preview_prompts_file)
+
+    def _configure_host(self) -> None:
+        """Apply the options that change the host (clip skip, VAE); _restore_host undoes them."""
+        o = self.opts
+        if o.clip_skip:
+            if not hasattr(self.host, "clip_skip"):
+                raise HypernetError(f"clip_skip: {type(self.host).__name__} cannot skip text encoder layers; "
+                                    "leave it at 0")
+            self._set_host("clip_skip", o.clip_skip)
+        if o.vae:
+            if not hasattr(self.host, "use_vae"):
+                raise HypernetError(f"vae: {type(self.host).__name__} takes its VAE from its own settings (in the "
+                                    "webui: SD VAE); leave this empty")
+            self._host_restore["vae"] = self.host.use_vae(o.vae)
+
+    def _set_host(self, name: str, value) -> None:
+        self._host_restore.setdefault(name, getattr(self.host, name))
+        setattr(self.host, name, value)
+
+    def _restore_host(self) -> None:
+        for name, value in self._host_restore.items():
+            if name == "vae":
+                self.host.use_vae(value)
+            else:
+                setattr(self.host, name, value)
+        self._host_restore = {}
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        lr = schedule.learning_rate(self.lr_schedule, self.start_step, self.opts.steps, self.opts.lr_warmup_steps,
-                                    self.opts.lr_shape)
+        lr = self._lr(self.start_step)
         optimizer = build_optimizer(self.opts.optimizer, self.hn.parameters(), self.opts, lr)
         state = self.hn.optimizer_state_dict
         if state is not None:
@@ -295,7 +368,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ one step
     def _conditioning(self, prompts):
-        cacheable = not self.opts.shuffle_tags and self.opts.tag_dropout == 0
+        cacheable = not self.opts.shuffle_tags and self.opts.tag_dropout == 0  # caption dropout only adds ""
         if not cacheable:
             return self.host.encode_prompts(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cond_cache]
@@ -315,7 +388,16 @@ class Trainer:
         t = sample_timesteps(x0.shape[0], self.opts.timestep_min, self._timestep_high(), gen).to(device)
         # dropout draws from the global generator: seed it per step so a resumed run repeats it
         dropout_seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
-        return self._loss(x0, noise, t, batch.prompts, batch.weights, dropout_seed).mean()
+        # The draws above cover the global batch, so every layout of processes sees the same numbers; each
+        # process then keeps its own shard.
+        part = self.group.shard(len(x0))
+        if part.start == part.stop:
+            return torch.zeros((), device=device)
+        weights = None if batch.weights is None else batch.weights[part]
+        weighted = self._loss(x0[part], noise[part], t[part], batch.prompts[part], weights, dropout_seed)
+        if not self.group.active:
+            return weighted.mean()
+        return weighted.sum() / len(batch)  # this shard's part of the global mean: the all-reduce sums the parts
 
     def _timestep_high(self) -> int:
         return min(self.opts.timestep_max, len(self.host.alphas_cumprod))
@@ -376,6 +458,8 @@ class Trainer:
         self._val_points[1].append(value)
         if self.board is not None:
             self.board.add_scalar("Loss/validation", value, step)
+        if self.wandb is not None:
+            self.wandb.log({"val_loss": value}, step=step)
         return value
 
     def _autocast(self):
@@ -398,7 +482,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ outputs
     def _write_settings(self) -> None:
+        if not self.group.writer:
+            return
         data = {"options": self.opts.to_dict(), "hypernetwork": self.hn.config.to_dict(), "seed": self.seed,
+                "processes": self.group.world_size,
                 "start_step": self.start_step, "source": self.source_path, "output": str(self.output),
                 "model": self.host.identity(), "started": _dt.datetime.now().isoformat(timespec="seconds"),
                 "torch": torch.__version__}
@@ -416,6 +503,8 @@ class Trainer:
         return path
 
     def _append_csv(self, row) -> None:
+        if not self.group.writer:
+            return
         path = self.run_dir / "hypernetwork_loss.csv"
         if not self._csv_checked and path.exists():
             _upgrade_csv(path)
@@ -433,7 +522,7 @@ class Trainer:
         self.hn.sd_checkpoint_name = ident.get("name")
 
     def _tensorboard(self):
-        if not self.opts.tensorboard:
+        if not self.opts.tensorboard or not self.group.writer:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -442,38 +531,114 @@ class Trainer:
                                 "install it or turn the option off") from None
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
+    def _wandb(self):
+        """A Weights & Biases run when the option is on (one per training run, in the run folder)."""
+        if not self.opts.wandb or not self.group.writer:
+            return None
+        try:
+            import wandb
+        except ImportError:
+            raise HypernetError("wandb: logging to Weights & Biases needs `pip install wandb` (and `wandb login`, "
+                                "or WANDB_MODE=offline); install it or turn the option off") from None
+        return wandb.init(project=self.opts.wandb_project or "hypernet", name=f"{self.name}-{self.start_step}",
+                          dir=str(self.run_dir), config={**self.opts.to_dict(), "seed": self.seed,
+                                                         "hypernetwork": self.hn.config.to_dict()})
+
+    def _log_step(self, step: int, loss: float, lr: float) -> None:
+        if self.board is not None:
+            self.board.add_scalar("Loss/train", loss, step)
+            self.board.add_scalar("Learn rate/train", lr, step)
+        if self.wandb is not None:
+            self.wandb.log({"loss": loss, "learn_rate": lr}, step=step)
+
+    def _log_previews(self, step: int, paths: list) -> None:
+        if self.wandb is not None and paths:
+            import wandb
+            self.wandb.log({"preview": [wandb.Image(p, caption=Path(p).stem) for p in paths]}, step=step)
+
     def _save(self, path: Path) -> str:
+        if not self.group.writer:
+            return str(path)  # process 0 writes the same weights
         self._stamp_metadata()
-        written = self.hn.save(path)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.opts.save_precision]
+        written = self.hn.save(path, dtype=dtype)
         if self.opts.save_optimizer_state:
             save_optimizer(written, self.opts.optimizer, self.optimizer.state_dict(),
                            {TRAINER_STATE_KEY: {"seed": self.seed, "batches_consumed": self.batches_consumed}})
         return written
 
     def _save_copy(self, step: int) -> str:
+        if not self.group.writer:
+            return str(self.run_dir / "hypernetworks" / f"{self.name}-{step}.pt")
         path = self._save(self.run_dir / "hypernetworks" / f"{self.name}-{step}.pt")
         self._draw_loss()
+        self._copies.append(path)
+        self._prune_copies()
         return path
 
+    def _prune_copies(self) -> None:
+        """Delete this run's older numbered copies (and their .optim) beyond keep_last_copies; never another file."""
+        keep = self.opts.keep_last_copies
+        if not keep:
+            return
+        from .files import optim_path
+        final = os.path.abspath(self.output)
+        while len(self._copies) > keep:
+            old = self._copies.pop(0)
+            if os.path.abspath(old) == final:
+                continue
+            for path in (old, optim_path(old)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+
     def _preview(self, step: int, batch) -> Optional[str]:
+        """The step's preview image (the last one when a prompts file asks for several)."""
+        paths = self._previews(step, batch)
+        return paths[-1] if paths else None
+
+    def _previews(self, step: int, batch) -> list:
+        """Render the step's previews: one from the preview options, or one per line of the prompts file."""
+        from .sample_prompts import SamplePrompt
+        if not self.group.writer:
+            return []
         o = self.opts
-        prompt = o.preview_prompt or (batch.prompts[0] if batch.prompts else self.name)
+        # A line without --d keeps one seed for the whole run, so its previews show only what training changed.
+        if self.sample_prompts:
+            wanted = [(p, self.run_dir / "images" / f"{self.name}-{step}-{k}.png",
+                       random.Random(self.seed * 7919 + k).randrange(2 ** 31))
+                      for k, p in enumerate(self.sample_prompts)]
+        else:
+            prompt = o.preview_prompt or (batch.prompts[0] if batch.prompts else self.name)
+            wanted = [(SamplePrompt(prompt), self.run_dir / "images" / f"{self.name}-{step}.png",
+                       random.Random(self.seed + step).randrange(2 ** 31))]
         state = _rng_state()
         self.hn.eval()
         try:
-            seed = o.preview_seed if o.preview_seed >= 0 else random.Random(self.seed + step).randrange(2 ** 31)
-            extra = {"sampler_name": o.preview_sampler} if o.preview_sampler else {}
-            with torch.no_grad():
-                image = self.host.sample(prompt, o.preview_negative_prompt, o.preview_steps, o.preview_cfg_scale,
-                                         seed, o.preview_width or o.width, o.preview_height or o.height, **extra)
-            path = self.run_dir / "images" / f"{self.name}-{step}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(path)
-            (path.with_suffix(".txt")).write_text(f"{prompt}\nseed: {seed}\n")
-            return str(path)
+            return [self._render(*args) for args in wanted]
         finally:
             self.hn.train()
             _set_rng_state(state)
+
+    def _render(self, p, path: Path, random_seed: int) -> str:
+        """One preview image and its .txt, each setting from the prompt line or else the preview options; a seed
+        below 0 becomes `random_seed`."""
+        o = self.opts
+        pick = lambda own, default: default if own is None else own  # noqa: E731
+        seed = pick(p.seed, o.preview_seed)
+        seed = random_seed if seed < 0 else seed
+        sampler = pick(p.sampler, o.preview_sampler)
+        extra = {"sampler_name": sampler} if sampler else {}
+        negative = pick(p.negative, o.preview_negative_prompt)
+        with torch.no_grad():
+            image = self.host.sample(p.prompt, negative, pick(p.steps, o.preview_steps),
+                                     pick(p.cfg_scale, o.preview_cfg_scale), seed,
+                                     pick(p.width, o.preview_width or o.width),
+                                     pick(p.height, o.preview_height or o.height), **extra)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        text = f"{p.prompt}\n" + (f"negative: {negative}\n" if negative else "") + f"seed: {seed}\n"
+        path.with_suffix(".txt").write_text(text)
+        return str(path)
 
     # ------------------------------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
@@ -482,7 +647,11 @@ class Trainer:
             log.warning("%s is already at step %d (target %d); nothing to train", self.name, self.start_step,
                         opts.steps)
             return TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "already-done")
-        self._prepare()
+        try:
+            self._prepare()
+        except BaseException:
+            self._restore_host()
+            raise
         result = TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "completed")
         handle = attach(self.host.unet, [(self.hn, 1.0)], warn=False)
         try:
@@ -491,13 +660,13 @@ class Trainer:
         except BaseException as exc:
             handle.remove()
             self._close()
-            rescue = self._rescue(result.step, exc)
+            rescue = self._rescue(result.step, exc) if self.group.writer else ""
             if isinstance(exc, HypernetError):
                 raise HypernetError(f"{exc}{rescue}") from None
             raise
         handle.remove()
         self._close()
-        if self.stop.is_set() and result.step < opts.steps:
+        if self._stopping() and result.step < opts.steps:
             result.stopped = "interrupted"
             # The numbered copy the periodic saves would make, so the log folder holds every stopping point.
             copy = self.run_dir / "hypernetworks" / f"{self.name}-{result.step}.pt"
@@ -511,6 +680,7 @@ class Trainer:
         """Everything before the first step: checks, frozen model, data, folders, optimizer."""
         opts = self.opts
         self._check_compatibility()
+        self._configure_host()  # before the dataset: the VAE encodes it
         self._freeze_host()
         dataset = self._build_dataset()
         self.notes = dataset.notes()
@@ -518,10 +688,14 @@ class Trainer:
             log.warning("%s: %s", opts.data, note)
         self.validation = self._build_validation(dataset)
         log.info("training %s on %d images from %s", self.name, len(dataset), opts.data)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.group.writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_settings()
         self.board = self._tensorboard()
+        self.wandb = self._wandb()
         self.hn.to(self.host.device)
+        for param in self.hn.parameters():  # a new file's random start, process 0's everywhere (as DDP does)
+            self.group.broadcast(param.data)
         self.hn.requires_grad_(True)
         self.hn.train()
         self.optimizer = self._build_optimizer()
@@ -529,7 +703,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.host.device.type) if fp16 else None
         if opts.gradient_checkpointing and hasattr(self.host, "enable_gradient_checkpointing"):
             self.host.enable_gradient_checkpointing()
-        self.batches = dataset.batches(opts.batch_size, random.Random(self.seed))
+        # Every process draws the same global batches (batch_size per process) and trains on its shard of each.
+        self.batches = dataset.batches(opts.batch_size * self.group.world_size, random.Random(self.seed))
         for _ in range(self.batches_consumed):
             next(self.batches)
         self.bar = self._progress_bar()
@@ -539,8 +714,8 @@ class Trainer:
         step, nan_run, window = self.start_step, 0, []
         started = time.perf_counter()
         self._validate(step, result)  # where the curve starts: the file as it came in
-        while step < opts.steps and not self.stop.is_set():
-            lr = schedule.learning_rate(self.lr_schedule, step, opts.steps, opts.lr_warmup_steps, opts.lr_shape)
+        while step < opts.steps and not self._stopping():
+            lr = self._lr(step)
             loss, batch = self._accumulate(step, lr)
             if loss is None:
                 nan_run += 1
@@ -560,13 +735,11 @@ class Trainer:
             window.append(loss)
             self._plot_points[0].append(step)
             self._plot_points[1].append(loss)
-            if self.board is not None:
-                self.board.add_scalar("Loss/train", loss, step)
-                self.board.add_scalar("Learn rate/train", lr, step)
+            self._log_step(step, loss, lr)
             report = Progress(step, opts.steps, loss, lr, batch.epoch, batch.epoch_step,
                               (step - self.start_step) / max(time.perf_counter() - started, 1e-9))
             saving = bool(opts.save_every) and step % opts.save_every == 0
-            last = step == opts.steps or self.stop.is_set()
+            last = step == opts.steps or self._stopping()
             if opts.validation_every and (step % opts.validation_every == 0 or saving or last):
                 report.val_loss = self._validate(step, result)
             if report.val_loss is not None or (opts.log_every and (step % opts.log_every == 0 or last)):
@@ -578,8 +751,10 @@ class Trainer:
                 report.saved = self._save_copy(step)
                 result.saved.append(report.saved)
             if opts.preview_every and step % opts.preview_every == 0:
-                report.preview = self._preview(step, batch)
-                result.previews.append(report.preview)
+                report.previews = self._previews(step, batch)
+                report.preview = report.previews[-1] if report.previews else None
+                result.previews.extend(report.previews)
+                self._log_previews(step, report.previews)
             self._report(report)
         result.seconds = time.perf_counter() - started
 
@@ -588,23 +763,52 @@ class Trainer:
         opts = self.opts
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total, batch = 0.0, None
+        total, batch, finite = 0.0, None, True
         for micro in range(opts.gradient_accumulation):
             batch = next(self.batches)
             self.batches_consumed += 1
             loss = self._micro_loss(batch, step, micro)
             if not bool(torch.isfinite(loss)):
+                if not self.group.active:
+                    self._drop_gradients()
+                    return None, batch
+                finite = False  # the others still reach the all-reduce below, which tells them
+                continue
+            scaled = loss / opts.gradient_accumulation
+            if loss.requires_grad:  # an empty shard has nothing to differentiate
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += float(loss.detach()) / opts.gradient_accumulation
+        if self.group.active:
+            total, finite = self._all_reduce(total, finite)
+            if not finite:
                 self._drop_gradients()
                 return None, batch
-            scaled = loss / opts.gradient_accumulation
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total += float(loss.detach()) / opts.gradient_accumulation
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if not self._grads_finite():
             self._drop_gradients()
             return None, batch
         return total, batch
+
+    def _all_reduce(self, total: float, finite: bool):
+        """Sum the gradients, losses, failures and stop requests of every process in one flat buffer (the
+        gradients still scaled, so every process's GradScaler sees the same numbers); (loss, all finite)."""
+        params = list(self.hn.parameters())
+        flags = torch.tensor([total, 0.0 if finite else 1.0, 1.0 if self.stop.is_set() else 0.0])
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                          for p in params] + [flags.to(params[0].device)])
+        flat = self.group.all_reduce_sum(flat.to(self._reduce_device()))
+        offset = 0
+        for p in params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.device, p.dtype).clone()
+            offset += p.numel()
+        total, failures, stops = (float(v) for v in flat[offset:])
+        self._stop_all = self._stop_all or stops > 0
+        return total, failures == 0 and math.isfinite(total)
+
+    def _stopping(self) -> bool:
+        """Whether to stop after this step; data-parallel processes stop together, at the step all agreed on."""
+        return self._stop_all if self.group.active else self.stop.is_set()
 
     def _drop_gradients(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -621,7 +825,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _draw_loss(self) -> None:
-        if self._plot_points[0]:
+        if self._plot_points[0] and self.group.writer:
             from .plot import draw_loss
             draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss",
                       validation=self._val_points)
@@ -630,11 +834,14 @@ class Trainer:
         """Undo what _prepare changed: progress bar, TensorBoard, checkpointing, training mode."""
         if self.board is not None:
             self.board.close()
+        if self.wandb is not None:
+            self.wandb.finish()
         if self.bar is not None:
             self.bar.close()
         self._finish_modules()
 
     def _finish_modules(self) -> None:
+        self._restore_host()
         if self.opts.gradient_checkpointing and hasattr(self.host, "disable_gradient_checkpointing"):
             self.host.disable_gradient_checkpointing()
         if hasattr(self.host, "close"):  # a host that changed the model for training undoes it
@@ -656,7 +863,7 @@ class Trainer:
         return f"; the weights at step {step} were saved to {written}"
 
     def _progress_bar(self):
-        if not self.show_progress:
+        if not self.show_progress or not self.group.writer:
             return None
         from tqdm.auto import tqdm
         return tqdm(total=self.opts.steps, initial=self.start_step, desc=f"training {self.name}", unit="step",

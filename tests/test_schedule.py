@@ -42,11 +42,43 @@ def test_train_options_validate_schedules_and_fields():
         TrainOptions(batch_size=0)
     with pytest.raises(ConfigError, match="width: must be a multiple of 8"):
         TrainOptions(width=500)
-    with pytest.raises(ConfigError, match="optimizer: unknown value 'Lion'"):
-        TrainOptions(optimizer="Lion")
+    with pytest.raises(ConfigError, match="optimizer: unknown value 'Lion8bit'"):
+        TrainOptions(optimizer="Lion8bit")
+    with pytest.raises(ConfigError, match="caption_dropout"):
+        TrainOptions(caption_dropout=1.0)
+    with pytest.raises(ConfigError, match="lr_cycles"):
+        TrainOptions(lr_cycles=0)
+    with pytest.raises(ConfigError, match="lr_power"):
+        TrainOptions(lr_power=0)
+    with pytest.raises(ConfigError, match="clip_skip"):
+        TrainOptions(clip_skip=-1)
+    with pytest.raises(ConfigError, match="save_precision"):
+        TrainOptions(save_precision="int8")
     with pytest.raises(ConfigError, match="timestep"):
         TrainOptions(timestep_min=500, timestep_max=400)
     assert TrainOptions(learning_rate=5e-4, steps="20", flip="true").learning_rate == "0.0005"
+
+
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_new_shapes_follow_diffusers_schedulers(warmup):
+    """cosine_with_restarts and polynomial are diffusers' formulas, as pure functions of the step."""
+    from diffusers.optimization import (get_cosine_with_hard_restarts_schedule_with_warmup,
+                                        get_polynomial_decay_schedule_with_warmup)
+    total, rate = 100, 1e-3
+    param = torch.nn.Parameter(torch.zeros(1))
+    theirs = {
+        ("cosine_with_restarts", 3, 1.0): get_cosine_with_hard_restarts_schedule_with_warmup(
+            torch.optim.SGD([param], lr=rate), warmup, total, num_cycles=3),
+        ("polynomial", 1, 2.0): get_polynomial_decay_schedule_with_warmup(
+            torch.optim.SGD([param], lr=rate), warmup, total, lr_end=0.0, power=2.0),
+    }
+    s = parse_schedule(str(rate), total)
+    for (shape, cycles, power), scheduler in theirs.items():
+        for step in range(warmup, total + 5):   # during warmup our ramp is (step+1)/warmup, theirs step/warmup
+            expected = rate * scheduler.lr_lambdas[0](step)
+            assert learning_rate(s, step, total, warmup, shape, cycles, power) == pytest.approx(expected, abs=1e-12)
+    assert learning_rate(s, 0, total, 4, "constant_with_warmup") == pytest.approx(rate / 4)
+    assert learning_rate(s, 50, total, 4, "constant_with_warmup") == pytest.approx(rate)
 
 
 def test_warmup_and_cosine():

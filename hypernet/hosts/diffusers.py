@@ -86,9 +86,59 @@ class DiffusersHost:
         self.alphas_cumprod = train_sched.alphas_cumprod.to(torch.float32)
         self.prediction_type = "v" if train_sched.config.prediction_type == "v_prediction" else "epsilon"
         self.num_train_timesteps = int(train_sched.config.num_train_timesteps)
+        self._clip_skip = 0
+        self._read_vae_scaling()
+        self.to(self.device, self.dtype)
+
+    def _read_vae_scaling(self) -> None:
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
         self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
-        self.to(self.device, self.dtype)
+
+    def use_vae(self, vae):
+        """Encode, decode and sample with another AutoencoderKL (a module, or a path hosts/vae.py reads); returns
+        the one it replaces, so the caller can put it back."""
+        if not isinstance(vae, torch.nn.Module):
+            from .vae import load_vae
+            vae = load_vae(vae, like=self.vae)
+        previous = self.vae
+        self.vae = self.pipe.vae = vae.requires_grad_(False).eval()
+        self._read_vae_scaling()
+        self.to(self.device)
+        return previous
+
+    # Clip skip as the webui and kohya count it: 1 is the last layer, 2 the penultimate (diffusers' clip_skip is
+    # one less). SD1/2 take hidden_states[-N] through the final layer norm, as the webui's CLIP_stop_at_last_layers
+    # does; SDXL conditions on the penultimate layer already (without that norm), so N <= 2 keeps it and a larger
+    # N takes hidden_states[-N] from both encoders.
+    @property
+    def clip_skip(self) -> int:
+        """0 or 1: the text encoder's last layer; N: the N-th layer from the end."""
+        return self._clip_skip
+
+    @clip_skip.setter
+    def clip_skip(self, value: int) -> None:
+        layers = min(int(te.config.num_hidden_layers) for te in self.text_encoders)
+        if not 0 <= int(value) <= layers:
+            raise HypernetError(f"clip_skip: {value} is more than this text encoder's {layers} layers; use 0 to "
+                                f"{layers} (2 is the usual value)")
+        self._clip_skip = int(value)
+
+    def _diffusers_clip_skip(self) -> Optional[int]:
+        """diffusers' count for the same clip skip (one less, on SDXL two less), None when it skips nothing."""
+        extra = self._clip_skip - (2 if self.is_sdxl else 1)
+        return extra if extra > 0 else None
+
+    def _embeddings(self, prompt: str, negative_prompt: str) -> dict:
+        """Pipeline arguments that condition a preview exactly as training does: the pipeline's own clip_skip
+        reads `text_encoder.text_model`, which transformers 5 no longer has, so with clip skip the embeddings are
+        ours."""
+        if self._diffusers_clip_skip() is None:
+            return {"prompt": prompt, "negative_prompt": negative_prompt or None}
+        cond, uncond = self.encode_prompts([prompt]), self.encode_prompts([negative_prompt or ""])
+        if not self.is_sdxl:
+            return {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+        return {"prompt_embeds": cond["context"], "negative_prompt_embeds": uncond["context"],
+                "pooled_prompt_embeds": cond["pooled"], "negative_pooled_prompt_embeds": uncond["pooled"]}
 
     # ------------------------------------------------------------------------------------------ plumbing
     def to(self, device, dtype=None):
@@ -152,12 +202,16 @@ class DiffusersHost:
     def encode_prompts(self, texts):
         """Text conditioning: a [B, 77, D] tensor (SD1/2) or a dict with pooled embeddings (SDXL)."""
         if not self.is_sdxl:
-            out = self.text_encoders[0](self._tokens(self.tokenizers[0], texts))
-            return out[0].to(self.dtype)
+            te = self.text_encoders[0]
+            if self._clip_skip <= 1:
+                return te(self._tokens(self.tokenizers[0], texts))[0].to(self.dtype)
+            out = te(self._tokens(self.tokenizers[0], texts), output_hidden_states=True)
+            norm = getattr(te, "text_model", te).final_layer_norm  # transformers 5 dropped the text_model level
+            return norm(out.hidden_states[-self._clip_skip]).to(self.dtype)
         hidden, pooled = [], None
         for tok, te in zip(self.tokenizers, self.text_encoders):
             out = te(self._tokens(tok, texts), output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])
+            hidden.append(out.hidden_states[-max(2, self._clip_skip)])
             pooled = out[0] if out[0].dim() == 2 else pooled
         return {"context": torch.cat(hidden, dim=-1).to(self.dtype), "pooled": pooled.to(self.dtype)}
 
@@ -184,7 +238,7 @@ class DiffusersHost:
                seed: int = 0, width: int = 512, height: int = 512, sampler_name: Optional[str] = None):
         """One preview image as PIL (`sampler_name` is a webui notion; the pipeline's scheduler is used)."""
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        result = self.pipe(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
+        result = self.pipe(**self._embeddings(prompt, negative_prompt), num_inference_steps=int(steps),
                            guidance_scale=float(cfg_scale), width=int(width), height=int(height),
                            generator=generator, output_type="pil")
         return result.images[0]

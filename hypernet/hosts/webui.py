@@ -6,6 +6,7 @@ own API, so the adapter is testable with a stand-in that has the same methods.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Callable, Optional
 
@@ -46,6 +47,10 @@ class WebuiHost:
     """Trainer-facing adapter for the webui's `shared.sd_model`."""
 
     adds_in_place = False  # ldm and sgm blocks compute residuals out of place
+    # Conditioning goes through the webui's own model, which reads the webui's "Clip skip" setting
+    # (opts.CLIP_stop_at_last_layers) every time, so 0 follows that setting; N > 0 sets it to N while the trainer
+    # encodes a prompt or samples a preview, and puts the user's value back at once.
+    clip_skip = 0
 
     def __init__(self, sd_model, device=None, sampler: Optional[Callable] = None):
         self.sd_model = sd_model
@@ -108,10 +113,25 @@ class WebuiHost:
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
         return (mean - self.shift_factor) * self.scale_factor, std * self.scale_factor
 
+    @contextlib.contextmanager
+    def _clip_setting(self):
+        """The webui's Clip skip setting at self.clip_skip for the duration, when that is not 0."""
+        if not self.clip_skip:
+            yield
+            return
+        from modules import shared  # lazy: only inside a running webui
+        before = shared.opts.CLIP_stop_at_last_layers
+        shared.opts.CLIP_stop_at_last_layers = int(self.clip_skip)
+        try:
+            yield
+        finally:
+            shared.opts.CLIP_stop_at_last_layers = before
+
     @torch.no_grad()
     def encode_prompts(self, texts):
         # Forge encodes under torch.inference_mode; clones are ordinary tensors autograd may save.
-        cond = self.sd_model.get_learned_conditioning(list(texts))
+        with self._clip_setting():
+            cond = self.sd_model.get_learned_conditioning(list(texts))
         if isinstance(cond, dict):
             return {k: v.clone().to(self.device) for k, v in cond.items()}
         return cond.clone().to(self.device)
@@ -128,6 +148,10 @@ class WebuiHost:
     def sample(self, prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0,
                seed: int = 0, width: int = 512, height: int = 512, sampler_name: Optional[str] = None):
         """A preview through the webui's own txt2img (extra networks off; the trainer's hooks stay on)."""
+        with self._clip_setting():
+            return self._sample(prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler_name)
+
+    def _sample(self, prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler_name):
         if self._sampler is not None:
             return self._sampler(prompt, negative_prompt, steps, cfg_scale, seed, width, height)
         from modules import processing  # lazy: only inside a running webui

@@ -165,8 +165,7 @@ class TrainJob:
                 self.status.val_losses[:] = trainer.val_points()
                 if self.status.val_losses:
                     self.status.val_step, self.status.val_loss = self.status.val_losses[-1]
-                if report.preview:
-                    self.status.previews.append(report.preview)
+                self.status.previews.extend(report.previews or ([report.preview] if report.preview else []))
             self._update(notes=list(trainer.notes), step=report.step, loss=report.loss, learn_rate=report.learn_rate,
                          it_per_s=report.it_per_s,
                          last_saved=report.saved or self.status.last_saved,
