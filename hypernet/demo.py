@@ -206,6 +206,8 @@ class DemoResult:
     best_step: int = 0
     steps: list = None              # [{"step", "shift", "content_kept", "val_loss"}] per saved copy
     measure_prompts: int = 0
+    train_seconds: float = 0.0      # the training loop, validation included
+    validation_seconds: float = 0.0
 
     @property
     def shift(self) -> float:
@@ -300,6 +302,7 @@ def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> 
     demo = DemoResult(str(out), result.output, st_path, str(grid_path), str(run_dir / "hypernetwork_loss.csv"),
                       str(run_dir / "loss.png"), base.distance, final.distance, half.distance,
                       time.perf_counter() - started, o.recipe, trade_off(base, final)["content_kept"],
-                      best_step(rows) if rows else hn.step, rows, len(scenes))
+                      best_step(rows) if rows else hn.step, rows, len(scenes), result.seconds,
+                      result.validation_seconds)
     atomic_write(out / "demo.json", json.dumps({**demo.__dict__, "shift": demo.shift}, indent=2).encode())
     return demo
