@@ -208,7 +208,8 @@ def _cmd_train(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or (
         "fp32" if device == "cpu" else "fp16")]
-    pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind)
+    pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind, prediction_type=args.prediction_type)
+    _say_what_loaded(pipe)
     host = DiffusersHost(pipe, device=device, dtype=dtype)
     if create is not None and args.dims is None:
         create = create.replace(dims=host.model_dims())
@@ -223,6 +224,24 @@ def _cmd_train(args) -> int:
     print(f"run folder: {result.run_dir} (hypernetwork_loss.csv, loss.png, settings.json, "
           f"{len(result.saved)} copies, {len(result.previews)} previews)")
     return 0
+
+
+def _say_what_loaded(pipe) -> None:
+    """One line on how a single file was read (family, prediction and why), so a wrong guess is seen at once."""
+    plan = getattr(pipe, "single_file_plan", None)
+    if plan:
+        prediction = "v-prediction" if plan["prediction_type"] == "v_prediction" else "epsilon"
+        print(f"model: {pipe.config._name_or_path} read as {plan['kind'].upper()}, {prediction} ({plan['why']}; "
+              "--model-kind / --prediction-type override)")
+
+
+def _add_model_flags(p) -> None:
+    """--model-kind and --prediction-type, shared by train and ui."""
+    p.add_argument("--model-kind", choices=("auto", "sd1", "sd2", "sdxl"), default="auto",
+                   help="single files: the family; auto reads it from the weights' layout (default)")
+    p.add_argument("--prediction-type", choices=("auto", "epsilon", "v"), default="auto",
+                   help="what the model predicts; auto: a folder's scheduler says, a single file's weights "
+                        "(SD2: v when a transformer norm's spread says so) (default: auto)")
 
 
 def _cmd_demo(args) -> int:
@@ -247,7 +266,7 @@ def _cmd_ui(args) -> int:
     from .standalone import serve
     print(f"hypernet ui on http://{args.host}:{args.port} (Ctrl-C stops it)")
     serve(args.model, args.hypernetworks, args.log_dir, host=args.host, port=args.port, open_browser=args.open,
-          allow_any_path=args.allow_any_path)
+          allow_any_path=args.allow_any_path, kind=args.model_kind, prediction_type=args.prediction_type)
     return 0
 
 
@@ -275,8 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a hypernetwork on a diffusers model, headless")
     p.add_argument("--model", required=True, help="diffusers folder, or a .safetensors/.ckpt checkpoint")
-    p.add_argument("--model-kind", choices=("auto", "sd", "sdxl"), default="auto",
-                   help="for single-file checkpoints: which pipeline class to use")
+    _add_model_flags(p)
     p.add_argument("--hypernetwork", help="continue training this .pt/.safetensors (with its .optim if present)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="frozen model weights' precision")
@@ -291,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="serve the Create, Train and Generate tabs in a browser, without a webui")
     p.add_argument("--model", help="diffusers folder or single .safetensors/.ckpt (default: the built-in tiny model)")
+    _add_model_flags(p)
     p.add_argument("--hypernetworks", default="models/hypernetworks",
                    help="folder of hypernetwork files (default: models/hypernetworks)")
     p.add_argument("--log-dir", default="logs", help="folder for training runs (default: logs)")
@@ -311,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .hosts.diffusers import quiet_imports
+    quiet_imports()
     try:
         return args.func(args)
     except HypernetError as exc:
