@@ -194,10 +194,11 @@ def unet_config(shapes, kind: str, base: dict, path="", pooled: int = 0) -> dict
     proj_in = [k for k in shapes if k.startswith(UNET) and k.endswith(".proj_in.weight")]
     if not attention or not proj_in:
         raise HypernetError(f"--model {path}: its UNet has no cross-attention; not a text-to-image SD model")
+    layers = [d or 1 for d in depth]   # diffusers counts 1 where a level has no attention
     mid_depth = len(_indices(shapes, UNET + "middle_block.1.transformer_blocks."))
-    if mid_depth != depth[-1]:
+    if mid_depth != layers[-1]:         # diffusers' middle block takes the last level's depth
         raise HypernetError(f"--model {path}: its middle block has {mid_depth} transformer layers, its last level "
-                            f"{depth[-1]}; diffusers cannot hold that UNet")
+                            f"{layers[-1]}; diffusers cannot hold that UNet")
     cfg = dict(base)
     cfg.update(
         in_channels=shapes[UNET + "input_blocks.0.0.weight"][1], out_channels=shapes[UNET + "out.2.weight"][0],
@@ -206,7 +207,7 @@ def unet_config(shapes, kind: str, base: dict, path="", pooled: int = 0) -> dict
         up_block_types=["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(depth)],
         cross_attention_dim=shapes[attention[0]][1], use_linear_projection=len(shapes[proj_in[0]]) == 2,
         attention_head_dim=_heads(kind, channels, base, path),
-        transformer_layers_per_block=[d or 1 for d in depth] if len(set(depth)) > 1 else (depth[0] or 1))
+        transformer_layers_per_block=layers if len(set(layers)) > 1 else layers[0])
     if kind == "sdxl":
         adm_in = shapes[UNET + "label_emb.0.0.weight"][1]
         cfg.update(projection_class_embeddings_input_dim=adm_in, addition_time_embed_dim=(adm_in - pooled) // 6)
@@ -231,26 +232,28 @@ def _clip_prefix(shapes, prefix: str) -> str:
     return prefix + "text_model." if _has(shapes, prefix + "text_model.") else prefix
 
 
-def text_config(shapes, prefix: str, layout: str, base: dict, penultimate: bool = False) -> dict:
+def text_config(shapes, prefix: str, layout: str, base: dict, penultimate: bool = False,
+                projection: bool = False) -> dict:
     """The CLIPTextConfig fields of the text encoder under `prefix`, over `base`; `penultimate`: the model stops a
-    layer early (SD2 conditions on the penultimate layer, so its diffusers text encoder has one layer fewer)."""
+    layer early (SD2 conditions on the penultimate layer, so its diffusers text encoder has one layer fewer);
+    `projection`: the model keeps the tower's text projection (SDXL's second encoder: its pooled output)."""
     if layout == "clip":
         p = _clip_prefix(shapes, prefix)
         vocab, hidden = shapes[p + "embeddings.token_embedding.weight"]
         positions = shapes[p + "embeddings.position_embedding.weight"][0]
         layers = len(_indices(shapes, p + "encoder.layers."))
         inner = shapes[p + "encoder.layers.0.mlp.fc1.weight"][0]
-        projection = base["projection_dim"]
     else:
         vocab, hidden = shapes[prefix + "token_embedding.weight"]
         positions = shapes[prefix + "positional_embedding"][0]
         layers = len(_indices(shapes, prefix + "transformer.resblocks."))
         inner = shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0]
-        projection = shapes[prefix + "text_projection"][1] if prefix + "text_projection" in shapes else hidden
     cfg = dict(base)
     cfg.update(vocab_size=vocab, hidden_size=hidden, max_position_embeddings=positions, intermediate_size=inner,
                num_hidden_layers=layers - 1 if penultimate else layers,
-               num_attention_heads=max(1, hidden // HEAD_CHANNELS), projection_dim=projection)
+               num_attention_heads=max(1, hidden // HEAD_CHANNELS))
+    if projection:
+        cfg["projection_dim"] = shapes[prefix + "text_projection"][1]
     return cfg
 
 
@@ -371,7 +374,8 @@ def plan(ckpt: Checkpoint, kind: str = "auto", prediction_type: str = "auto") ->
     facts = shipped_config(name)
     texts = []
     for component, prefix, layout in TEXT_ENCODERS[found]:
-        cfg = text_config(shapes, prefix, layout, facts[component], penultimate=found == "sd2")
+        cfg = text_config(shapes, prefix, layout, facts[component], penultimate=found == "sd2",
+                          projection=component == "text_encoder_2")
         texts.append((component, prefix, layout, cfg))
     pooled = texts[-1][3]["projection_dim"]
     return {"kind": found, "config": name, "prediction_type": prediction, "why": why, "facts": facts,
