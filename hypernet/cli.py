@@ -198,7 +198,8 @@ def _train_plan(args):
 
 
 # The train command's own flags that a run file may also hold, with the values they accept (None: any).
-_TRAIN_FLAGS = {"model": None, "model_kind": ("auto", "sd", "sdxl"), "hypernetwork": None, "device": None,
+_TRAIN_FLAGS = {"model": None, "model_kind": ("auto", "sd1", "sd2", "sdxl"),
+                "prediction_type": ("auto", "epsilon", "v"), "hypernetwork": None, "device": None,
                 "dtype": ("fp32", "fp16", "bf16")}
 
 
@@ -271,7 +272,9 @@ def _train_on(args, options, create, name, device: str, group) -> int:
     from .train import Trainer
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or (
         "fp32" if device == "cpu" else "fp16")]
-    pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind or "auto")
+    pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind or "auto",
+                         prediction_type=args.prediction_type or "auto")
+    _say_what_loaded(pipe)
     host = DiffusersHost(pipe, device=device, dtype=dtype)
     if create is not None and args.dims is None:
         create = create.replace(dims=host.model_dims())
@@ -294,6 +297,25 @@ def _train_on(args, options, create, name, device: str, group) -> int:
         share = result.validation_seconds / max(result.seconds, 1e-9)
         print(f"validation loss: {curve} (scoring took {share:.1%} of the run)")
     return 0
+
+
+def _say_what_loaded(pipe) -> None:
+    """One line on how a single file was read (family, prediction and why), so a wrong guess is seen at once."""
+    plan = getattr(pipe, "single_file_plan", None)
+    if plan:
+        prediction = "v-prediction" if plan["prediction_type"] == "v_prediction" else "epsilon"
+        print(f"model: {pipe.config._name_or_path} read as {plan['kind'].upper()}, {prediction} ({plan['why']}; "
+              "--model-kind / --prediction-type override)")
+
+
+def _add_model_flags(p) -> None:
+    """--model-kind and --prediction-type, shared by train and ui."""
+    # default None, not "auto": a --config file may set them, and a flag given here must win over it
+    p.add_argument("--model-kind", choices=_TRAIN_FLAGS["model_kind"], default=None,
+                   help="single files: the family; auto reads it from the weights' layout (default)")
+    p.add_argument("--prediction-type", choices=_TRAIN_FLAGS["prediction_type"], default=None,
+                   help="what the model predicts; auto: a folder's scheduler says, a single file's weights "
+                        "(SD2: v when a transformer norm's spread says so) (default: auto)")
 
 
 def _cmd_demo(args) -> int:
@@ -350,7 +372,8 @@ def _cmd_ui(args) -> int:
     from .standalone import serve
     print(f"hypernet ui on http://{args.host}:{args.port} (Ctrl-C stops it)")
     serve(args.model, args.hypernetworks, args.log_dir, host=args.host, port=args.port, open_browser=args.open,
-          allow_any_path=args.allow_any_path)
+          allow_any_path=args.allow_any_path, kind=args.model_kind or "auto",
+          prediction_type=args.prediction_type or "auto")
     return 0
 
 
@@ -383,8 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dump-config", metavar="FILE", help="write every option of this command line (and --config) "
                                                          "to FILE (.toml or .json) and exit without training")
     p.add_argument("--model", help="diffusers folder, or a .safetensors/.ckpt checkpoint")
-    p.add_argument("--model-kind", choices=_TRAIN_FLAGS["model_kind"], default=None,
-                   help="for single-file checkpoints: which pipeline class to use (default: auto)")
+    _add_model_flags(p)
     p.add_argument("--hypernetwork", help="continue training this .pt/.safetensors (with its .optim if present)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="frozen model weights' precision")
@@ -412,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="serve the Create, Train and Generate tabs in a browser, without a webui")
     p.add_argument("--model", help="diffusers folder or single .safetensors/.ckpt (default: the built-in tiny model)")
+    _add_model_flags(p)
     p.add_argument("--hypernetworks", default="models/hypernetworks",
                    help="folder of hypernetwork files (default: models/hypernetworks)")
     p.add_argument("--log-dir", default="logs", help="folder for training runs (default: logs)")
@@ -432,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .hosts.diffusers import quiet_imports
+    quiet_imports()
     try:
         return args.func(args)
     except HypernetError as exc:

@@ -266,12 +266,13 @@ class Studio:
 
 def serve(model: Optional[str] = None, folder: str = "models/hypernetworks", log_dir: str = "logs",
           host: str = "127.0.0.1", port: int = 7861, open_browser: bool = False, block: bool = True,
-          allow_any_path: bool = False):
+          allow_any_path: bool = False, kind: str = "auto", prediction_type: str = "auto"):
     """Load the model (the built-in tiny one by default), build the app and serve it; returns (studio, blocks).
-    `allow_any_path`: training may write outside `folder` and `log_dir`."""
+    `allow_any_path`: training may write outside `folder` and `log_dir`; `kind` / `prediction_type`: as
+    hosts.diffusers.load_pipeline takes them."""
     if model:
         from .hosts.diffusers import load_pipeline
-        pipe = load_pipeline(model)
+        pipe = load_pipeline(model, kind=kind, prediction_type=prediction_type)
     else:
         from .tiny import load_pipeline as tiny_pipeline
         pipe = tiny_pipeline()

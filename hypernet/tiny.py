@@ -219,6 +219,8 @@ def load_pipeline(folder=None, device="cpu", dtype: torch.dtype = torch.float32)
     model.safetensors (stored as float16, loaded as `dtype`). No network. 64x64 images, 8x8x4 latents, a DDIM
     scheduler, no safety checker, progress bar off.
     """
+    from .hosts.diffusers import quiet_imports
+    quiet_imports()
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from safetensors.torch import load_file
     from transformers import CLIPTextConfig, CLIPTextModel

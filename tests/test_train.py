@@ -436,12 +436,12 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_cleanly(pipes, data_dir, tmp_p
     assert os.path.exists(str(out) + ".optim")
 
 
-def test_single_file_checkpoint_without_configs_is_a_clear_error(tmp_path):
+def test_an_incomplete_single_file_or_a_missing_model_is_a_clear_error(tmp_path):
     from safetensors.torch import save_file
     from hypernet.hosts.diffusers import load_pipeline
-    ckpt = tmp_path / "model.safetensors"
+    ckpt = tmp_path / "model.safetensors"   # a UNet weight alone (whole files: tests/test_single_file.py)
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, str(ckpt))
-    with pytest.raises(HypernetError, match="hub"):
+    with pytest.raises(HypernetError, match="has no VAE"):
         load_pipeline(ckpt)
     with pytest.raises(HypernetError, match="not found"):
         load_pipeline(tmp_path / "missing")

@@ -12,7 +12,25 @@ import torch
 from ..errors import HypernetError
 
 
+class _DropTorchvisionNotice:
+    """A logging filter for transformers' "requires torchvision (not installed); falling back to ...Pil" notice:
+    diffusers' pipeline modules name CLIPImageProcessor, whose fallback is what we want (no safety checker, no
+    image processing), and torchvision would pull in a CUDA build of torch."""
+
+    def filter(self, record) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+def quiet_imports() -> None:
+    """Install the filter above once, before diffusers is imported; every other message stays."""
+    import logging
+    log = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, _DropTorchvisionNotice) for f in log.filters):
+        log.addFilter(_DropTorchvisionNotice())
+
+
 def _require_diffusers():
+    quiet_imports()
     try:
         import diffusers  # noqa: F401
         import transformers  # noqa: F401
@@ -21,8 +39,31 @@ def _require_diffusers():
                             "(or `pip install -e .[diffusers]`)") from None
 
 
-def load_pipeline(path, *, dtype=torch.float32, kind: str = "auto"):
-    """A diffusers pipeline from a local folder or a single .safetensors/.ckpt file, never from a hub."""
+def _from_pretrained_kwargs(dtype) -> dict:
+    """dtype and memory keywords this diffusers understands, so that it has nothing to warn about: newer releases
+    renamed torch_dtype to dtype, and low_cpu_mem_usage needs accelerate (an optional speed-up here)."""
+    import diffusers.utils.deprecation_utils as deprecation
+    from diffusers.utils import is_accelerate_available
+    renamed = hasattr(deprecation, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+    return {"dtype" if renamed else "torch_dtype": dtype, "low_cpu_mem_usage": is_accelerate_available()}
+
+
+def _set_prediction(pipe, prediction_type: str, path) -> None:
+    """Replace a folder pipeline's scheduler by the same one predicting `prediction_type` (auto: keep it)."""
+    from .single_file import PREDICTIONS
+    if prediction_type not in PREDICTIONS:
+        raise HypernetError(f"--prediction-type {prediction_type}: choose auto, epsilon or v")
+    wanted = PREDICTIONS[prediction_type]
+    if wanted and pipe.scheduler.config.get("prediction_type") != wanted:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=wanted)
+
+
+def load_pipeline(path, *, dtype=torch.float32, kind: str = "auto", prediction_type: str = "auto"):
+    """A diffusers pipeline from a local folder or a single .safetensors/.ckpt file, never from a hub.
+
+    kind ('auto', 'sd1', 'sd2', 'sdxl') and prediction_type ('auto', 'epsilon', 'v') matter for single files,
+    whose family and prediction are otherwise read from the weights (hosts/single_file.py); prediction_type also
+    overrides a folder's scheduler."""
     _require_diffusers()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import diffusers
@@ -38,21 +79,17 @@ def load_pipeline(path, *, dtype=torch.float32, kind: str = "auto"):
             text = index.read_text()
             cls = getattr(diffusers, json.loads(text)["_class_name"])
             extra = {"safety_checker": None} if "safety_checker" in text else {}
-            return cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True, **extra)
+            pipe = cls.from_pretrained(str(path), local_files_only=True, **_from_pretrained_kwargs(dtype), **extra)
         except HypernetError:
             raise
         except Exception as exc:
             raise HypernetError(f"--model {path}: cannot load this diffusers folder ({str(exc).splitlines()[0]})") from None
+        _set_prediction(pipe, prediction_type, path)
+        return pipe
     if path.suffix.lower() not in (".safetensors", ".ckpt"):
         raise HypernetError(f"--model {path}: expected a .safetensors or .ckpt checkpoint, or a diffusers folder")
-    cls = diffusers.StableDiffusionXLPipeline if kind == "sdxl" else diffusers.StableDiffusionPipeline
-    try:
-        return cls.from_single_file(str(path), torch_dtype=dtype, local_files_only=True)
-    except Exception as exc:
-        raise HypernetError(
-            f"--model {path}: loading a single-file checkpoint needs the model's config files, which diffusers "
-            f"fetches from a hub that is not reachable here ({str(exc).splitlines()[0][:160]}). Convert the "
-            "checkpoint to a diffusers folder on a machine with access, or pass --model a diffusers folder") from None
+    from .single_file import load_single_file
+    return load_single_file(path, dtype=dtype, kind=kind, prediction_type=prediction_type)
 
 
 def _fingerprint(model) -> str:
