@@ -345,11 +345,11 @@ def _cmd_compare(args) -> int:
     out = Path(args.out) if args.out else (run or Path(".")) / "compare.png"
     _refuse_overwrite(out, None, args.overwrite)
     import torch
-    from .hosts.diffusers import DiffusersHost
+    from .hosts.diffusers import DiffusersHost, load_pipeline
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or (
         "fp32" if device == "cpu" else "fp16")]
-    host = DiffusersHost(compare.open_model(args.model or compare.model_of(settings), dtype=dtype), device=device,
+    host = DiffusersHost(load_pipeline(args.model or compare.model_of(settings), dtype=dtype), device=device,
                          dtype=dtype)
     result = compare.render(host, copies, options)
     compare.write_grid(result, out)

@@ -15,7 +15,7 @@ import shutil
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from PIL import Image, ImageDraw
 
@@ -185,7 +185,7 @@ def first_caption(folder) -> str:
 
 
 def model_of(settings: dict) -> str:
-    """The model a run trained on, as a path `open_model` reads; a HypernetError when it cannot be found again."""
+    """The model a run trained on, as a path hosts.diffusers.load_pipeline reads; a HypernetError when it cannot be found again."""
     model = settings.get("model") if isinstance(settings.get("model"), dict) else {}
     path = model.get("path") or ""
     if path and Path(path).exists():
@@ -198,17 +198,6 @@ def model_of(settings: dict) -> str:
                         "diffusers folder or checkpoint it was trained on")
 
 
-def open_model(path, dtype=None):
-    """A pipeline from a diffusers folder, a checkpoint file or a folder of the built-in tiny model's layout."""
-    import torch
-    from . import tiny
-    dtype = dtype or torch.float32
-    if (Path(path) / tiny.WEIGHTS).is_file() and not (Path(path) / "model_index.json").exists():
-        return tiny.load_pipeline(path, dtype=dtype)
-    from .hosts.diffusers import load_pipeline
-    return load_pipeline(path, dtype=dtype)
-
-
 # ---------------------------------------------------------------------------------------------- rendering
 def _sample(host, prompt: str, o: CompareOptions):
     extra = {"sampler_name": o.sampler} if o.sampler else {}
@@ -217,27 +206,16 @@ def _sample(host, prompt: str, o: CompareOptions):
         return host.sample(prompt, o.negative_prompt, o.steps, o.cfg_scale, o.seed, o.width, o.height, **extra)
 
 
-def render(host, copies: Sequence[Copy], options: CompareOptions,
-           on_image: Optional[Callable[[int, int], None]] = None) -> Comparison:
+def render(host, copies: Sequence[Copy], options: CompareOptions) -> Comparison:
     """Every copy at every (prompt, strength), same seed throughout; strength 0 is the model with no hooks."""
     from . import attach, load
     prompts, strengths = options.prompts(), options.strength_list()
     if not prompts:
         raise ConfigError("prompt", "give at least one prompt")
     columns = [(p, s) for p in prompts for s in strengths]
-    total = len(prompts) * (1 if 0.0 in strengths else 0) + len(copies) * sum(1 for _ in columns if _[1] != 0.0)
-    done = 0
-
-    def tick():
-        nonlocal done
-        done += 1
-        if on_image is not None:
-            on_image(done, total)
-
     base = {}
     for prompt in prompts if 0.0 in strengths else ():
         base[prompt] = _sample(host, prompt, options)  # the same for every row: rendered once
-        tick()
     rows = []
     for copy in copies:
         hn = load(copy.path)
@@ -251,7 +229,6 @@ def render(host, copies: Sequence[Copy], options: CompareOptions,
                 continue
             with attach(host.unet, [(hn, strength)], warn=False):
                 row.append(_sample(host, prompt, options))
-            tick()
         rows.append(row)
     titles = [("without" if s == 0.0 else f"strength {s:g}") for _, s in columns]
     groups = prompts if len(prompts) > 1 else []
