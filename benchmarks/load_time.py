@@ -36,8 +36,7 @@ def _read_only(path) -> None:
 
 
 def _finite_only(tensors) -> None:
-    for t in tensors:
-        files._all_finite(t)
+    files.first_nonfinite(dict(enumerate(tensors)))
 
 
 def main(argv=None) -> None:
