@@ -116,6 +116,13 @@ def test_strength_and_stack_changes_are_computed_afresh(sd1):
     assert torch.equal(_run(unet, inputs), _per_layer(unet, [(hn, 0.7)], inputs))
 
 
+@pytest.fixture(autouse=True)
+def _own_rng():
+    """Tests here seed the global generator; later tests see it as it was."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
 @pytest.mark.parametrize("change", ["in_place", "load_state_dict", "assign", "train_mode_dropout"])
 def test_weight_changes_are_computed_afresh(change):
     unet = make_unet("sd1")
