@@ -21,10 +21,10 @@ import hypernet  # noqa: E402
 from hypernet import container, files  # noqa: E402
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
+def _timed(fn, clock=time.perf_counter) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _read_only(path) -> None:
@@ -39,7 +39,7 @@ def _finite_only(tensors) -> None:
     files.first_nonfinite(dict(enumerate(tensors)))
 
 
-def measure(dims, repeats: int):
+def measure(dims, repeats: int, clock=time.perf_counter):
     """(hypernetwork, {case: [seconds]}) for loading one default-layout file, cases alternated per repeat."""
     hn = hypernet.create(dims=list(dims), seed=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +59,7 @@ def measure(dims, repeats: int):
             fn()
         for _ in range(repeats):
             for name, fn in cases.items():
-                times[name].append(_timed(fn))
+                times[name].append(_timed(fn, clock))
     return hn, times
 
 
