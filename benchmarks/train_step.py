@@ -3,9 +3,11 @@
 Variants, each run in its own process so peak memory is its own (same script, same machine, same inputs):
   floor   the frozen UNet, forward + backward from the same attention inputs, no hypernetwork: every to_k / to_v
           input is scaled by one trainable scalar, so backward covers exactly what ours must cover, minus the MLPs
-  ours    frozen UNet + hypernetwork hooks, backward into the hypernetwork only, SDP attention
+  ours    frozen UNet + hypernetwork hooks (cross-attention result shared across layers), backward into the
+          hypernetwork only, SDP attention, then an AdamW step
   webui   the webui's way: UNet parameters left trainable (gradients computed for all of them), naive attention
-          (the webui's Train tab undoes attention optimisations), same hypernetwork
+          (the webui's Train tab undoes attention optimisations), the hypernetwork recomputed in every layer, same
+          hypernetwork and AdamW step
 
 Usage: python benchmarks/train_step.py [--quick] [--device cuda] [--dtype fp16] [--latent 64] [--repeats 3]
 Prints seconds per step, peak memory, and the ratios ours/floor and webui/ours. Nothing here is asserted.
@@ -44,57 +46,82 @@ class _ScalarHooks:
             h.remove()
 
 
-def run_variant(config_name: str, variant: str, device: str, dtype_name: str, latent: int, repeats: int) -> dict:
-    """Build the UNet, run warmup + timed steps of one variant, return seconds/step and peak memory."""
+def build(config_name: str, device: str, dtype, latent: int):
+    """(unet, hypernetwork, step inputs) for one config, seeded: the same weights and inputs in every process."""
     import torch
     from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor
 
     import hypernet
     torch.manual_seed(0)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     config = CONFIGS[config_name]
     unet = UNet2DConditionModel(**config).to(device, dtype)
     width = config["cross_attention_dim"]
     hn = hypernet.create(dims=[width] + list(config["block_out_channels"][:3]), seed=0).to(device)
-    x = torch.randn(1, 4, latent, latent, device=device, dtype=dtype)
-    ctx = torch.randn(1, 77, width, device=device, dtype=dtype)
-    t = torch.tensor([500], device=device)
-    extra = {}
+    inputs = {"sample": torch.randn(1, 4, latent, latent, device=device, dtype=dtype),
+              "timestep": torch.tensor([500], device=device),
+              "encoder_hidden_states": torch.randn(1, 77, width, device=device, dtype=dtype)}
     if config.get("addition_embed_type") == "text_time":
-        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 1280, device=device, dtype=dtype),
-                                      "time_ids": torch.tensor([[latent * 8] * 2 + [0, 0] + [latent * 8] * 2],
-                                                               device=device, dtype=dtype)}
-    handle = None
+        inputs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 1280, device=device, dtype=dtype),
+                                       "time_ids": torch.tensor([[latent * 8] * 2 + [0, 0] + [latent * 8] * 2],
+                                                                device=device, dtype=dtype)}
+    return unet, hn, inputs
+
+
+def prepare(unet, hn, inputs: dict, variant: str, device: str, dtype, optimizer: bool = True):
+    """(step, undo) for one variant on an already built UNet; undo restores the UNet for the next variant.
+
+    `ours` and `webui` end with an AdamW step on the hypernetwork (a full training step); `ours-nocache`
+    recomputes the hypernetwork in every layer as the webui does, and `ours-noopt` skips the optimizer step;
+    otherwise both are `ours`."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor
+
+    import hypernet
+    processors = unet.attn_processors
+    opt = None
     if variant == "floor":
         unet.requires_grad_(False)
         scale = torch.ones((), device=device, requires_grad=True)
         handle = _ScalarHooks(unet, scale)
-    elif variant == "ours":
-        unet.requires_grad_(False)
-        hn.requires_grad_(True).train()
-        handle = hypernet.attach(unet, [(hn, 1.0)], warn=False)
     else:
-        unet.requires_grad_(True)
-        unet.set_attn_processor(AttnProcessor())
+        unet.requires_grad_(variant == "webui")
+        if variant == "webui":
+            unet.set_attn_processor(AttnProcessor())
         hn.requires_grad_(True).train()
-        handle = hypernet.attach(unet, [(hn, 1.0)], warn=False)
+        handle = hypernet.attach(unet, [(hn, 1.0)], warn=False, cache=variant in ("ours", "ours-noopt"))
+        if optimizer and variant != "ours-noopt":
+            opt = torch.optim.AdamW(hn.parameters(), lr=1e-12)  # a real step that leaves the weights near alone
     autocast = torch.autocast(device, dtype=dtype) if device == "cuda" and dtype != torch.float32 else None
 
     def step():
-        inp = x.detach()
         if autocast is not None:
             with autocast:
-                out = unet(inp, t, encoder_hidden_states=ctx, **extra).sample
+                out = unet(**inputs).sample
         else:
-            out = unet(inp, t, encoder_hidden_states=ctx, **extra).sample
-        loss = (out.float() ** 2).mean()
-        loss.backward()
-        if variant == "ours" or variant == "webui":
-            for p in hn.parameters():
-                p.grad = None
-        if variant == "webui":
-            pass  # the webui never zeroes the UNet's gradients; they keep their memory for the whole run
+            out = unet(**inputs).sample
+        (out.float() ** 2).mean().backward()
+        if opt is not None:
+            opt.step()
+        for p in hn.parameters():
+            p.grad = None
+        # the webui's way never zeroes the UNet's gradients; they keep their memory for the whole run
+
+    def undo():
+        handle.remove()
+        unet.set_attn_processor(processors)
+        unet.requires_grad_(False)
+        for p in unet.parameters():
+            p.grad = None
+        hn.requires_grad_(False).eval()
+    return step, undo
+
+
+def run_variant(config_name: str, variant: str, device: str, dtype_name: str, latent: int, repeats: int) -> dict:
+    """Build the UNet, run warmup + timed steps of one variant, return seconds/step and peak memory."""
+    import torch
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    unet, hn, inputs = build(config_name, device, dtype, latent)
+    step, undo = prepare(unet, hn, inputs, variant, device, dtype)
 
     def sync():
         if device == "cuda":
@@ -112,8 +139,7 @@ def run_variant(config_name: str, variant: str, device: str, dtype_name: str, la
         times.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    if handle is not None:
-        handle.remove()
+    undo()
     return {"seconds": sorted(times)[len(times) // 2], "peak_bytes": peak}
 
 

@@ -15,6 +15,7 @@ import functools
 import io
 import json
 import math
+import mmap
 import os
 import pickle
 import re
@@ -529,14 +530,25 @@ def _st_ref(path, name: str, info, base: int, room: int) -> TensorRef:
 
 # ---------------------------------------------------------------------------------------------- reading bytes
 class Reader:
-    """Reads described tensors from one open file, each storage once, into memory the tensor then owns."""
+    """Tensors over one copy-on-write map of the file: no byte is copied, the pages are the page cache's own.
 
-    def __init__(self, container: Container):
+    The map is private (ACCESS_COPY, MAP_PRIVATE): writing to a loaded weight (an optimizer step) copies that
+    page for this process and never reaches the file. Files that hypernet writes are replaced by a rename, so a
+    mapping keeps the old contents; a tool that rewrote the same file in place (truncate, then write) would change
+    or cut the pages not yet written, as it would under safetensors' own loader. Windows cannot replace a
+    mapped file, so there, and with `copy=True`, each storage is read into memory the tensor then owns.
+    """
+
+    def __init__(self, container: Container, *, copy: bool = os.name == "nt"):
         self.container = container
         self._fh, size = open_regular(container.path)
         if size != container.size:
             self._fh.close()
             raise FileFormatError(container.path, "changed while it was being read; try again")
+        self._map: Optional[mmap.mmap] = None
+        if not copy and size:
+            # The tensors made from it keep the map alive; the file descriptor is not needed once mapped.
+            self._map = mmap.mmap(self._fh.fileno(), size, access=mmap.ACCESS_COPY)
         self._storages: Dict[str, torch.Tensor] = {}
 
     def __enter__(self) -> "Reader":
@@ -548,13 +560,28 @@ class Reader:
     def _storage(self, storage: Storage) -> torch.Tensor:
         found = self._storages.get(storage.key)
         if found is None:
-            raw = torch.empty(storage.nbytes, dtype=torch.uint8)  # not zero-filled: every byte is read into it
-            self._fh.seek(storage.offset)
-            if storage.nbytes and self._fh.readinto(memoryview(raw.numpy())) != storage.nbytes:
-                raise FileFormatError(self.container.path, "changed or got shorter while it was being read")
-            found = raw.view(storage.dtype)
+            found = self._mapped(storage) if self._map is not None else self._copied(storage)
             self._storages[storage.key] = found
         return found
+
+    def _mapped(self, storage: Storage) -> torch.Tensor:
+        """The storage over its own bytes of the map; read into memory when its offset is not aligned to its dtype.
+
+        Each storage gets a torch storage of exactly its size (frombuffer with an offset and a count), never a view
+        of one storage spanning the file: torch.save of a loaded tensor then writes that tensor's bytes, as for
+        any other tensor, and the file reads back."""
+        size = element_size(storage.dtype)
+        if storage.offset % size or not storage.nbytes:
+            return self._copied(storage)
+        return torch.frombuffer(self._map, dtype=storage.dtype, count=storage.nbytes // size, offset=storage.offset)
+
+    def _copied(self, storage: Storage) -> torch.Tensor:
+        """The storage read into fresh memory."""
+        raw = torch.empty(storage.nbytes, dtype=torch.uint8)  # not zero-filled: every byte is read into it
+        self._fh.seek(storage.offset)
+        if storage.nbytes and self._fh.readinto(memoryview(raw.numpy())) != storage.nbytes:
+            raise FileFormatError(self.container.path, "changed or got shorter while it was being read")
+        return raw.view(storage.dtype)
 
     def tensor(self, ref: TensorRef) -> torch.Tensor:
         """The tensor's values; a view of a whole storage costs no copy."""

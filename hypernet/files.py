@@ -12,11 +12,13 @@ import json
 import math
 import os
 import re
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy
 import torch
 
 from . import compat
@@ -32,6 +34,7 @@ SAFETENSORS_FORMAT = "hypernet"
 SAFETENSORS_FORMAT_VERSION = "1"
 # Zip members every torch since 1.6 reads, and the only ones every webui release's restricted loader accepts.
 _KEEP_MEMBER = re.compile(r"^([^/]+)/((data/\d+)|version|(data\.pkl))$")
+_ALIGN = 64
 _NAI_RENAMES = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias",
                 "linear2.weight": "linear.1.weight", "linear2.bias": "linear.1.bias"}
 
@@ -103,8 +106,18 @@ def webui_torch_bytes(obj) -> bytes:
     with zipfile.ZipFile(raw) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
             if _KEEP_MEMBER.match(info.filename):
-                dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), src.read(info))
+                member = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+                member.extra = _alignment_padding(out.tell(), member.filename)
+                dst.writestr(member, src.read(info))
     return out.getvalue()
+
+
+def _alignment_padding(offset: int, name: str) -> bytes:
+    """A zip extra field that puts the member's data on a 64-byte boundary, as torch.save does: an aligned
+    storage can be mapped and viewed as floats in place instead of being copied."""
+    header = 30 + len(name.encode()) + 4  # local header, file name, the extra field's own id and length
+    pad = -(offset + header) % _ALIGN
+    return struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # 0x4246 ("FB"): the id torch uses for the same padding
 
 
 def _cpu_state(module, dtype: torch.dtype = torch.float32) -> "collections.OrderedDict":
@@ -290,26 +303,55 @@ def _check_module(module, sd: dict, path, dim: int, which: str) -> None:
                                         f"{list(tensor.shape)} for this width and layer structure")
 
 
-def _all_finite(tensor: torch.Tensor) -> bool:
-    """Whether every value is finite: a sum is finite only if every term is; the exact check only on doubt
-    (a sum of huge finite values can overflow)."""
-    if math.isfinite(float(tensor.sum())):
-        return True
-    return bool(torch.isfinite(tensor).all())
+def first_nonfinite(named: dict) -> Optional[str]:
+    """The first name whose tensor holds a NaN or an infinity, else None.
+
+    A sum is finite only if every term is, so the exact (slower) check runs only for tensors whose sum is not
+    finite, which also catches a sum of huge finite values that overflowed."""
+    return next((k for k, t in named.items() if not math.isfinite(_sum(t)) and not bool(torch.isfinite(t).all())),
+                None)
 
 
-def _fill_module(module, sd: dict, reader: Reader, used: set, path, dim: int, which: str) -> None:
+def _sum(tensor: torch.Tensor) -> float:
+    """The sum of a tensor's values, on one thread for a CPU tensor: a torch reduction is split across its
+    intra-op threads, and on a machine whose cores are busy each split waits whole time slices (a load
+    measured 5-50x slower that way)."""
+    if tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64) and tensor.is_contiguous():
+        with numpy.errstate(over="ignore", invalid="ignore"):  # an overflow is what the caller checks for
+            return float(numpy.add.reduce(tensor.detach().numpy(), axis=None))
+    return float(tensor.sum())
+
+
+def _module_weights(sd: dict, reader: Reader, used: set) -> dict:
+    """One module's float32 weights, viewed in place where the file's bytes allow it."""
     weights = {}
     for key, ref in sd.items():
         # A tensor the file lists twice (or a half-precision one) becomes a parameter of its own.
         value = reader.tensor(ref).to(torch.float32)
-        value = value.clone() if ref.storage.key in used and ref.dtype == torch.float32 else value
+        weights[key] = value.clone() if ref.storage.key in used and ref.dtype == torch.float32 else value
         used.add(ref.storage.key)
-        if not _all_finite(value):
-            raise FileFormatError(path, f"width {dim} ({which}): {key} contains NaN or infinite values (the "
-                                        "training that made it diverged); use an earlier saved copy")
-        weights[key] = value
-    module.load_state_dict(weights, strict=True, assign=True)
+    return weights
+
+
+def _assign(module: torch.nn.Module, weights: dict) -> None:
+    """Put each checked tensor in place as the module's parameter (keys and shapes were checked already)."""
+    for key, value in weights.items():
+        owner, _, name = key.rpartition(".")
+        setattr(module.get_submodule(owner), name, torch.nn.Parameter(value, requires_grad=False))
+
+
+def _fill(hn: Hypernetwork, states: dict, reader: Reader, path) -> None:
+    """Read every module's weights, refuse non-finite ones, then assign them all."""
+    used: set = set()
+    weights = {(dim, which): _module_weights(states[(dim, which)], reader, used) for dim, which in states}
+    bad = first_nonfinite({(dim, which, key): t for (dim, which), w in weights.items() for key, t in w.items()})
+    if bad is not None:
+        dim, which, key = bad
+        raise FileFormatError(path, f"width {dim} ({which}): {key} contains NaN or infinite values (the "
+                                    "training that made it diverged); use an earlier saved copy")
+    for dim in hn.dims:
+        for which, module in zip(("k", "v"), hn.modules_for(dim)):
+            _assign(module, weights[(dim, which)])
 
 
 def _max_parameter_bytes(container) -> int:
@@ -346,10 +388,7 @@ def hypernetwork_from_state(obj, path, reader: Optional[Reader] = None, limit: O
             states[(dim, which)] = _prepare_state(sd, path, dim, which)
             _check_module(module, states[(dim, which)], path, dim, which)
     if reader is not None:
-        used: set = set()
-        for dim in config.dims:
-            for which, module in zip(("k", "v"), hn.modules_for(dim)):
-                _fill_module(module, states[(dim, which)], reader, used, path, dim, which)
+        _fill(hn, states, reader, path)
     hn.step = step
     hn.sd_checkpoint = meta.get("sd_checkpoint") if isinstance(meta.get("sd_checkpoint"), str) else None
     hn.sd_checkpoint_name = meta.get("sd_checkpoint_name") if isinstance(meta.get("sd_checkpoint_name"), str) else None

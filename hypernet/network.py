@@ -10,6 +10,20 @@ from .config import ACTIVATIONS, CreateOptions
 from .errors import ConfigError, HypernetError
 
 
+def _bare_linear(n_in: int, n_out: int, device) -> nn.Linear:
+    """An nn.Linear whose weights are left unset (torch.empty): for a loader that assigns every value.
+
+    nn.Linear's own constructor always runs its random init, which costs more than the rest of a load's layout
+    even on the meta device.
+    """
+    layer = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(layer)
+    layer.in_features, layer.out_features = n_in, n_out
+    layer.weight = nn.Parameter(torch.empty(n_out, n_in, device=device))
+    layer.bias = nn.Parameter(torch.empty(n_out, device=device))
+    return layer
+
+
 class HypernetworkModule(nn.Module):
     """x + mlp(x) * strength, with the mlp laid out module by module as the webui lays it out."""
 
@@ -23,7 +37,8 @@ class HypernetworkModule(nn.Module):
         layers: list = []
         last = len(widths) - 2
         for i in range(len(widths) - 1):
-            layers.append(nn.Linear(widths[i], widths[i + 1], device=device))
+            layers.append(nn.Linear(widths[i], widths[i + 1], device=device) if init
+                          else _bare_linear(widths[i], widths[i + 1], device))
             if config.activation != "linear" and (i < last or config.activate_output):
                 layers.append(ACTIVATIONS[config.activation]())
             if config.layer_norm:

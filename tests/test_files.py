@@ -490,3 +490,87 @@ def test_killed_writer_process_never_leaves_a_broken_file(tmp_path):
     proc.wait()
     loaded = hypernet.load(path)  # whichever version, it is whole
     assert loaded.name in ("old", "new")
+
+
+# ------------------------------------------------------------------------------------------ mapped loading
+def test_loaded_weights_are_a_private_map_of_the_file(tmp_path):
+    """Weights view the file's bytes (no copy), yet writing to them never reaches the file."""
+    hn = _perturb(_small())
+    path = tmp_path / "a.pt"
+    hn.save(path)
+    before = path.read_bytes()
+    loaded = hypernet.load(path)
+    if os.name != "nt":  # Windows reads a copy: a mapped file could not be replaced there
+        from hypernet import container
+        offsets = sorted(ref.storage.offset for ref in container.read(path).refs())
+        pointers = sorted(p.data_ptr() for p in loaded.parameters())
+        # one map: the weights sit as far apart in memory as their bytes in the file, each in its own storage
+        assert [q - pointers[0] for q in pointers] == [o - offsets[0] for o in offsets]
+        assert all(p.untyped_storage().nbytes() == p.numel() * p.element_size() for p in loaded.parameters())
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.fill_(7.0)
+    assert path.read_bytes() == before
+    assert _same(hypernet.load(path), hn)
+
+
+def test_a_save_over_a_loaded_file_leaves_the_loaded_weights_alone(tmp_path):
+    hn = _perturb(_small())
+    path = tmp_path / "a.safetensors"
+    hn.save(path)
+    loaded = hypernet.load(path)
+    _perturb(_small(), seed=1).save(path)
+    assert _same(loaded, hn)
+
+
+def test_our_pt_members_are_aligned_and_unaligned_files_still_load(tmp_path):
+    from hypernet import container
+    hn = _perturb(_small())
+    path = tmp_path / "a.pt"
+    hn.save(path)
+    assert {ref.storage.offset % 64 for ref in container.read(path).refs()} == {0}
+    unaligned = io.BytesIO()  # what hypernet wrote before it padded members: data at arbitrary offsets
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(unaligned, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(zipfile.ZipInfo("x" + info.filename, date_time=(1980, 1, 1, 0, 0, 0)), src.read(info))
+    odd = tmp_path / "odd.pt"
+    odd.write_bytes(unaligned.getvalue())
+    assert {ref.storage.offset % 4 for ref in container.read(odd).refs()} != {0}
+    assert _same(hypernet.load(odd), hn)
+    assert files.webui_check(path) is None
+
+
+def test_copy_reader_and_mapped_reader_agree(tmp_path):
+    from hypernet import container
+    hn = _perturb(_small())
+    for name in ("a.pt", "a.safetensors"):
+        found = container.read(hn.save(tmp_path / name))
+        with container.Reader(found, copy=True) as copied, container.Reader(found, copy=False) as mapped:
+            for ref in found.refs():
+                assert torch.equal(copied.tensor(ref), mapped.tensor(ref))
+
+
+def test_nonfinite_value_is_named_wherever_it_is_and_huge_finite_values_load(tmp_path):
+    s = _state_of(_small(dims=[8, 12]))
+    s[12][1]["linear.2.weight"][3, 2] = float("nan")
+    torch.save(s, tmp_path / "nan.pt")
+    with pytest.raises(FileFormatError, match=r"width 12 \(v\): linear.2.weight contains NaN"):
+        hypernet.load(tmp_path / "nan.pt")
+    s = _state_of(_small(dims=[8]))
+    s[8][0]["linear.0.weight"].fill_(3e38)  # finite, but their float32 sum overflows
+    torch.save(s, tmp_path / "huge.pt")
+    assert float(hypernet.load(tmp_path / "huge.pt").modules_for(8)[0].linear[0].weight.max()) == pytest.approx(3e38)
+
+
+def test_a_loaded_file_saves_again_with_torch_save(tmp_path):
+    """Loaded weights are mapped from the file, one storage per tensor: torch.save of them writes those bytes
+    alone, and the result reads back (a storage spanning the whole file would not)."""
+    import io
+    path = hypernet.create(dims=[64, 32], name="again", seed=3).save(tmp_path / "again.pt")
+    state = hypernet.load(path).state_dict()
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in state.values())
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    back = torch.load(buf, weights_only=True)
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)

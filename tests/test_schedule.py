@@ -90,7 +90,10 @@ def test_warmup_and_cosine():
 
 
 def test_noising_and_targets():
-    x0, noise = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    # seeded: with whatever values earlier tests leave the global generator at, float32 cancellation in v can
+    # exceed allclose's default atol
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 2, 2, generator=gen), torch.randn(3, 4, 2, 2, generator=gen)
     a = torch.tensor([0.9, 0.5, 0.1])
     xt = T.noisy_latents(x0, noise, a)
     assert torch.allclose(xt[1], math.sqrt(0.5) * x0[1] + math.sqrt(0.5) * noise[1])
