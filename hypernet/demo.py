@@ -47,7 +47,7 @@ SHIFT_GOAL = 0.4
 # and Train tabs default to (A1111 v1.10.1): linear activation, Normal init, learning rate 0.00001, the
 # style_filewords template, images stretched to the training size, no flips.
 RECIPES = {
-    "hypernet": {"activation": "relu", "weight_init": "Normal", "learning_rate": "2e-3", "template": "none",
+    "hypernet": {"activation": "relu", "weight_init": "Normal", "learning_rate": "2.5e-4", "template": "none",
                  "resize": "crop", "flip": True},
     "webui": {"activation": "linear", "weight_init": "Normal", "learning_rate": "0.00001",
               "template": "style_filewords", "resize": "stretch", "flip": False},
