@@ -127,11 +127,31 @@ class WebuiHost:
         finally:
             shared.opts.CLIP_stop_at_last_layers = before
 
+    @contextlib.contextmanager
+    def _emphasis_without_mean(self):
+        """The webui's "Original" emphasis as "No norm" for the duration: the same multipliers without the
+        z * (mean before / mean after) rescale, which is 0/0 = NaN for the whole batch when z.mean() rounds to
+        exactly 0 (a text encoder whose final layer norm has no bias: per-token means are ~1e-8)."""
+        from modules import shared  # lazy: only inside a running webui
+        before = getattr(shared.opts, "emphasis", None)
+        if before != "Original":
+            yield
+            return
+        shared.opts.emphasis = "No norm"
+        try:
+            yield
+        finally:
+            shared.opts.emphasis = before
+
     @torch.no_grad()
     def encode_prompts(self, texts):
         # Forge encodes under torch.inference_mode; clones are ordinary tensors autograd may save.
         with self._clip_setting():
             cond = self.sd_model.get_learned_conditioning(list(texts))
+            if not _finite(cond):
+                # Without emphasis in the prompts, "No norm" gives exactly what "Original" gives when it is finite.
+                with self._emphasis_without_mean():
+                    cond = self.sd_model.get_learned_conditioning(list(texts))
         if isinstance(cond, dict):
             return {k: v.clone().to(self.device) for k, v in cond.items()}
         return cond.clone().to(self.device)
@@ -166,6 +186,11 @@ class WebuiHost:
             return processing.process_images(p).images[0]
         finally:
             p.close()
+
+
+def _finite(cond) -> bool:
+    tensors = cond.values() if isinstance(cond, dict) else [cond]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, torch.Tensor))
 
 
 def forge_kmodel(sd_model):
