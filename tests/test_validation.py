@@ -94,7 +94,6 @@ def test_validation_does_not_change_training(host, data_dir, tmp_path):
     plain = train(host, opts(data_dir, tmp_path / "b", validation_every=0, **kw), create=create, show_progress=False)
     assert len(scored.val_losses) == 4 and plain.val_losses == []
     assert same_state(state(hypernet.load(scored.output)), state(hypernet.load(plain.output)))
-    assert 0 < scored.validation_seconds < scored.seconds
 
 
 def test_held_out_images_never_train(host, data_dir, tmp_path):
