@@ -259,7 +259,7 @@ class Trainer:
         self.sample_prompts = self._sample_prompts()
         self._loss_rows: list = []
         self._plot_points: tuple = ([], [])
-        self._val_points: tuple = ([], [])
+        self.val_losses: list = []   # (step, validation loss) at each evaluation; the TrainResult holds this list
         self._csv_checked = False
         self.validation: list = []   # the fixed validation draws (validation.Draw), built in _prepare
         self.notes: list = []   # what the user should know about the data, one line each (skipped images...)
@@ -421,7 +421,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ validation
     def val_points(self) -> list:
         """(step, validation loss) at each evaluation so far, the start included."""
-        return list(zip(*self._val_points))
+        return list(self.val_losses)
 
     def _build_validation(self, dataset) -> list:
         """The fixed validation draws: from images set aside, or from the training images when none are."""
@@ -453,9 +453,7 @@ class Trainer:
             self.hn.train()
         value = total / len(self.validation)
         result.validation_seconds += time.perf_counter() - started
-        result.val_losses.append((step, value))
-        self._val_points[0].append(step)
-        self._val_points[1].append(value)
+        self.val_losses.append((step, value))
         if self.board is not None:
             self.board.add_scalar("Loss/validation", value, step)
         if self.wandb is not None:
@@ -652,7 +650,8 @@ class Trainer:
         except BaseException:
             self._restore_host()
             raise
-        result = TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "completed")
+        result = TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "completed",
+                             val_losses=self.val_losses)
         handle = attach(self.host.unet, [(self.hn, 1.0)], warn=False)
         try:
             with _StopOnSigint(self.stop):
@@ -828,7 +827,7 @@ class Trainer:
         if self._plot_points[0] and self.group.writer:
             from .plot import draw_loss
             draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss",
-                      validation=self._val_points)
+                      validation=tuple(zip(*self.val_losses)))
 
     def _close(self) -> None:
         """Undo what _prepare changed: progress bar, TensorBoard, checkpointing, training mode."""
@@ -872,7 +871,7 @@ class Trainer:
     def _report(self, report: Progress) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            extra = {"val": f"{self._val_points[1][-1]:.4f}"} if self._val_points[1] else {}
+            extra = {"val": f"{self.val_losses[-1][1]:.4f}"} if self.val_losses else {}
             self.bar.set_postfix(loss=f"{report.loss:.4f}", lr=f"{report.learn_rate:.2e}", **extra)
         if self.on_progress is not None:
             self.on_progress(report)
