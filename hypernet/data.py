@@ -595,10 +595,9 @@ class TrainingSet:
         """One fixed (latent, prompt, weight) of an item: unflipped, the stored latent, a template line from `rng`
         with tags neither shuffled nor dropped, so it reads the same at every evaluation."""
         prompt = render_prompt(rng.choice(self.lines), self.name, item.caption, rng)
-        weight = item.weight if self.options.use_alpha_weight else None
-        if weight is None and self.options.use_alpha_weight:
-            weight = torch.ones((1,) + tuple(item.latents[0][0].shape[-2:]), device=item.latents[0][0].device)
-        return item.latents[0][0], prompt, weight
+        latent = item.latents[0][0]
+        weights = self._weights([item], [False], latent[None])
+        return latent, prompt, None if weights is None else weights[0]
 
     @property
     def items(self) -> List[_Item]:
