@@ -8,7 +8,6 @@ hypernetwork folder. Nothing here imports a UI.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import shutil
@@ -21,7 +20,8 @@ from PIL import Image, ImageDraw
 
 from .config import CompareOptions, CreateOptions
 from .errors import ConfigError, HypernetError
-from .files import atomic_write, atomic_write_with, inspect
+from .files import atomic_write_with, inspect
+from .plot import write_png
 
 SUFFIXES = (".pt", ".safetensors")
 LOSS_CSV = "hypernetwork_loss.csv"
@@ -276,12 +276,6 @@ def _fit(text: str, chars: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def free_path(folder: Path, stem: str, suffix: str = ".png") -> Path:
     """`folder/stem.suffix`, or the first `stem-N.suffix` that does not exist: a UI never overwrites a grid."""
     path, n = folder / f"{stem}{suffix}", 2
@@ -318,6 +312,6 @@ def keep(source, folder, name: Optional[str] = None, overwrite: bool = False) ->
 
 def write_grid(comparison: Comparison, path) -> str:
     """Write the grid as a PNG, atomically; returns the path."""
-    atomic_write(path, png_bytes(comparison.image))
+    write_png(path, comparison.image)
     comparison.files.append(str(path))
     return str(path)

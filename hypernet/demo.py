@@ -12,7 +12,6 @@ best summarise its images.
 """
 from __future__ import annotations
 
-import io
 import json
 import random
 import time
@@ -22,9 +21,11 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from .compare import labelled_grid
 from .files import atomic_write
+from .plot import write_png
 from .tiny_scenes import rgb
 
 if TYPE_CHECKING:
@@ -102,25 +103,6 @@ def make_style_dataset(folder: Path, count: int = 48, seed: int = 0) -> Path:
         stylize(img).save(folder / f"{i:03d}.png")
         (folder / f"{i:03d}.txt").write_text(caption)
     return folder
-
-
-def _label(draw: ImageDraw.ImageDraw, xy, text: str) -> None:
-    draw.text(xy, text, fill=(20, 20, 20))
-
-
-def grid(rows: Sequence[Sequence[Image.Image]], column_titles: Sequence[str], row_titles: Sequence[str],
-         cell: int = 128) -> Image.Image:
-    """Images in a labelled grid, each scaled to `cell` pixels with nearest-neighbour (tiny outputs stay crisp)."""
-    left, top = 290, 24
-    out = Image.new("RGB", (left + cell * len(column_titles), top + cell * len(rows)), "white")
-    draw = ImageDraw.Draw(out)
-    for c, title in enumerate(column_titles):
-        _label(draw, (left + c * cell + 4, 6), title)
-    for r, (images, title) in enumerate(zip(rows, row_titles)):
-        _label(draw, (4, top + r * cell + cell // 2 - 6), title)
-        for c, img in enumerate(images):
-            out.paste(img.resize((cell, cell), Image.NEAREST), (left + c * cell, top + r * cell))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the measure
@@ -292,12 +274,10 @@ def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> 
     final = copies.get(hn.step) or measure(pipe, scenes, palette, hn)
     half = measure(pipe, scenes, palette, hn, 0.5)
     shown = compare(pipe, hn, palette=palette)
-    picture = grid([[shown[s][0][i] for s in (0.0, 0.5, 1.0)] for i in range(len(HELD_OUT_PROMPTS))],
-                   ["without", "strength 0.5", "strength 1.0"], HELD_OUT_PROMPTS)
+    picture = labelled_grid([[shown[s][0][i] for s in (0.0, 0.5, 1.0)] for i in range(len(HELD_OUT_PROMPTS))],
+                            ["without", "strength 0.5", "strength 1.0"], HELD_OUT_PROMPTS)
     grid_path = out / "before_after.png"
-    buf = io.BytesIO()
-    picture.save(buf, format="PNG")
-    atomic_write(grid_path, buf.getvalue())
+    write_png(grid_path, picture)
     run_dir = Path(result.run_dir)
     demo = DemoResult(str(out), result.output, st_path, str(grid_path), str(run_dir / "hypernetwork_loss.csv"),
                       str(run_dir / "loss.png"), base.distance, final.distance, half.distance,

@@ -20,12 +20,21 @@ def moving_average(values: Sequence[float], window: int) -> list:
 def draw_loss(steps: Sequence[int], losses: Sequence[float], path, title: str = "loss",
               size=(800, 400), validation: Optional[Tuple[Sequence[int], Sequence[float]]] = None) -> None:
     """Write render_loss's picture to `path` as a PNG, atomically."""
-    import io
+    write_png(path, render_loss(steps, losses, title, size, validation))
 
-    from .files import atomic_write
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The image encoded as PNG."""
+    import io
     buf = io.BytesIO()
-    render_loss(steps, losses, title, size, validation).save(buf, format="PNG")
-    atomic_write(path, buf.getvalue())
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(path, image: Image.Image) -> None:
+    """Write the image to `path` as a PNG, atomically (the old file or the whole new one, never half)."""
+    from .files import atomic_write
+    atomic_write(path, png_bytes(image))
 
 
 VALIDATION_COLOUR = (220, 110, 20)

@@ -236,7 +236,7 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
     def compare(body: CompareRequest = Body(...)):  # type: ignore[valid-type]
         import base64
 
-        from ..compare import png_bytes
+        from ..plot import png_bytes
         try:
             result = actions.compare_copies(the_state(), _dump(body), WebuiRuntime())
         except actions.ActionError as exc:
