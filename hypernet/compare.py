@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import textwrap
 from dataclasses import dataclass, field
@@ -95,10 +96,24 @@ def _copy(path: Path, run_dir: Optional[Path]) -> Copy:
     return Copy(str(path), step, val_losses(run_dir).get(step) if step is not None else None)
 
 
+def copy_files(run_dir) -> List[Path]:
+    """The files of a run's copies folder (regular files, not links), name-500 before name-1000."""
+    folder = Path(run_dir) / COPIES
+    if not folder.is_dir():
+        return []
+    files = [Path(e.path) for e in os.scandir(folder)
+             if Path(e.name).suffix in SUFFIXES and e.is_file(follow_symlinks=False)]
+    return sorted(files, key=lambda p: _natural(p.name))
+
+
+def _natural(text: str) -> list:
+    """A sort key that puts name-500 before name-1000."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def _copies_of_run(run_dir: Path) -> List[Copy]:
     """A run's numbered copies, plus its final file when that holds a step no copy has (an interrupted run)."""
-    files = sorted(p for p in (run_dir / COPIES).glob("*") if p.suffix in SUFFIXES and p.is_file())
-    copies = [_copy(p, run_dir) for p in files]
+    copies = [_copy(p, run_dir) for p in copy_files(run_dir)]
     final = run_settings(run_dir).get("output")
     if final and Path(final).is_file() and Path(final).suffix in SUFFIXES:
         last = _copy(Path(final), run_dir)

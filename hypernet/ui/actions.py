@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -299,21 +298,11 @@ def keep_copy(state, fields: dict) -> dict:
 
 def saved_copy_names(state) -> dict:
     """Every saved copy of the log folder's runs by the name a tag may call it: <date>/<run>/<file stem>."""
-    from ..compare import COPIES, SUFFIXES
+    from ..compare import copy_files
     root = log_folder(state)
     names = {}
     for run in run_folders(state):
         prefix = os.path.relpath(run, root).replace(os.sep, "/")
-        folder = os.path.join(run, COPIES)
-        if not os.path.isdir(folder):
-            continue
-        for entry in sorted(os.scandir(folder), key=lambda e: _natural(e.name)):
-            stem, suffix = os.path.splitext(entry.name)
-            if suffix in SUFFIXES and entry.is_file(follow_symlinks=False):
-                names[f"{prefix}/{stem}"] = entry.path
+        for path in copy_files(run):
+            names[f"{prefix}/{path.stem}"] = str(path)
     return names
-
-
-def _natural(text: str) -> list:
-    """A sort key that puts name-500 before name-1000."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
