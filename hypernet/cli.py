@@ -266,12 +266,16 @@ def _train_device(requested: Optional[str]) -> str:
     return device
 
 
+def _model_dtype(flag: Optional[str], device: str):
+    """The frozen model's dtype for --dtype: as given, else fp32 on CPU and fp16 elsewhere."""
+    from .config import DTYPES
+    return DTYPES[flag or ("fp32" if device == "cpu" else "fp16")]
+
+
 def _train_on(args, options, create, name, device: str, group) -> int:
-    import torch
     from .hosts.diffusers import DiffusersHost, load_pipeline
     from .train import Trainer
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or (
-        "fp32" if device == "cpu" else "fp16")]
+    dtype = _model_dtype(args.dtype, device)
     pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind or "auto",
                          prediction_type=args.prediction_type or "auto")
     _say_what_loaded(pipe)
@@ -344,11 +348,9 @@ def _cmd_compare(args) -> int:
     run = compare.run_dir_of(copies[0].path)
     out = Path(args.out) if args.out else (run or Path(".")) / "compare.png"
     _refuse_overwrite(out, None, args.overwrite)
-    import torch
     from .hosts.diffusers import DiffusersHost, load_pipeline
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or (
-        "fp32" if device == "cpu" else "fp16")]
+    device = _train_device(args.device)
+    dtype = _model_dtype(args.dtype, device)
     host = DiffusersHost(load_pipeline(args.model or compare.model_of(settings), dtype=dtype), device=device,
                          dtype=dtype)
     result = compare.render(host, copies, options)

@@ -261,6 +261,7 @@ CLIP_MODES = ("disabled", "value", "norm")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 LR_SHAPES = ("constant", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
 SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # a precision's name -> dtype
 
 
 def _opt(default, help_text, **extra):

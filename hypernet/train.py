@@ -23,7 +23,7 @@ import torch
 
 from . import distributed, schedule, validation
 from .attach import attach
-from .config import CreateOptions, TrainOptions
+from .config import DTYPES, CreateOptions, TrainOptions
 from .errors import HypernetError
 from .files import atomic_write, load, save_optimizer
 from .network import Hypernetwork
@@ -558,7 +558,7 @@ class Trainer:
         if not self.group.writer:
             return str(path)  # process 0 writes the same weights
         self._stamp_metadata()
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.opts.save_precision]
+        dtype = DTYPES[self.opts.save_precision]
         written = self.hn.save(path, dtype=dtype)
         if self.opts.save_optimizer_state:
             save_optimizer(written, self.opts.optimizer, self.optimizer.state_dict(),
