@@ -53,6 +53,8 @@ class Group:
 
     def broadcast_int(self, value: int, device=None) -> int:
         """Process 0's value of an integer (a seed drawn at random, for instance)."""
+        if not self.active:
+            return int(value)
         return int(self.broadcast(torch.tensor([int(value)], dtype=torch.int64, device=device))[0])
 
     @contextlib.contextmanager

@@ -148,6 +148,21 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return torch.float16
 
 
+def compute_dtype(host) -> torch.dtype:
+    """The dtype the host's UNet computes in: the autocast dtype of its precision context, else its own dtype."""
+    kind = torch.device(host.device).type
+    with host_precision(host):
+        if torch.is_autocast_enabled(kind):
+            return torch.get_autocast_dtype(kind)
+    return host.dtype
+
+
+def host_precision(host):
+    """The host's own precision context (the webui's devices.autocast()), or none for a host without one."""
+    precision = getattr(host, "precision", None)
+    return precision() if precision is not None else contextlib.nullcontext()
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
@@ -176,6 +191,7 @@ class TrainResult:
     saved: list = field(default_factory=list)
     previews: list = field(default_factory=list)
     skipped_steps: int = 0
+    overflow_steps: int = 0   # steps skipped because float16 loss scaling overflowed (the scale was lowered)
     val_losses: list = field(default_factory=list)   # (step, validation loss) at each evaluation
     validation_seconds: float = 0.0                  # time spent scoring the validation draws
     seconds: float = 0.0                             # the whole loop, validation included
@@ -263,6 +279,7 @@ class Trainer:
         self._csv_checked = False
         self.validation: list = []   # the fixed validation draws (validation.Draw), built in _prepare
         self.notes: list = []   # what the user should know about the data, one line each (skipped images...)
+        self._overflowed = 0.0  # the loss scale of the last step if float16 scaling overflowed there, else 0
 
     # ------------------------------------------------------------------------------------------ setup
     def _resolve_hypernetwork(self, hypernetwork, create, name) -> Hypernetwork:
@@ -459,6 +476,14 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.log({"val_loss": value}, step=step)
         return value
+
+    def _grad_scaler(self) -> Optional[torch.amp.GradScaler]:
+        """Dynamic loss scaling when the UNet computes in float16 (a half model, or fp16 autocast), whose small
+        gradients would otherwise flush to zero; None otherwise."""
+        dtypes = (autocast_dtype(self.opts.mixed_precision, self.host.device), compute_dtype(self.host))
+        if torch.float16 not in dtypes:
+            return None
+        return torch.amp.GradScaler(torch.device(self.host.device).type)
 
     def _autocast(self):
         dtype = autocast_dtype(self.opts.mixed_precision, self.host.device)
@@ -679,6 +704,8 @@ class Trainer:
         """Everything before the first step: checks, frozen model, data, folders, optimizer."""
         opts = self.opts
         self._check_compatibility()
+        if hasattr(self.host, "check_trainable"):  # a host whose current mode cannot train says so before step 0
+            self.host.check_trainable()
         self._configure_host()  # before the dataset: the VAE encodes it
         self._freeze_host()
         dataset = self._build_dataset()
@@ -692,14 +719,15 @@ class Trainer:
         self._write_settings()
         self.board = self._tensorboard()
         self.wandb = self._wandb()
-        self.hn.to(self.host.device)
+        # Master weights: the hypernetwork, its gradients and the optimizer state stay float32 whatever the UNet's
+        # dtype; the hooks cast the context to them and back.
+        self.hn.to(self.host.device, torch.float32)
         for param in self.hn.parameters():  # a new file's random start, process 0's everywhere (as DDP does)
             self.group.broadcast(param.data)
         self.hn.requires_grad_(True)
         self.hn.train()
         self.optimizer = self._build_optimizer()
-        fp16 = autocast_dtype(opts.mixed_precision, self.host.device) == torch.float16
-        self.scaler = torch.amp.GradScaler(self.host.device.type) if fp16 else None
+        self.scaler = self._grad_scaler()
         if opts.gradient_checkpointing and hasattr(self.host, "enable_gradient_checkpointing"):
             self.host.enable_gradient_checkpointing()
         # Every process draws the same global batches (batch_size per process) and trains on its shard of each.
@@ -716,6 +744,11 @@ class Trainer:
         while step < opts.steps and not self._stopping():
             lr = self._lr(step)
             loss, batch = self._accumulate(step, lr)
+            if loss is None and self._overflowed:
+                result.overflow_steps += 1
+                log.info("step %d: float16 gradients overflowed at loss scale %g; step skipped, scale lowered",
+                         step + 1, self._overflowed)
+                continue
             if loss is None:
                 nan_run += 1
                 result.skipped_steps += 1
@@ -763,6 +796,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total, batch, finite = 0.0, None, True
+        self._overflowed = 0.0
         for micro in range(opts.gradient_accumulation):
             batch = next(self.batches)
             self.batches_consumed += 1
@@ -785,9 +819,18 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if not self._grads_finite():
+            self._overflowed = self._overflow_scale()
             self._drop_gradients()
             return None, batch
         return total, batch
+
+    def _overflow_scale(self) -> float:
+        """The loss scale when non-finite gradients came from float16 loss scaling (a finite loss, a scale with room
+        to come down), else 0: a true NaN, which the NaN guard counts."""
+        if self.scaler is None:
+            return 0.0
+        scale = float(self.scaler.get_scale())
+        return scale if scale > 1.0 else 0.0
 
     def _all_reduce(self, total: float, finite: bool):
         """Sum the gradients, losses, failures and stop requests of every process in one flat buffer (the

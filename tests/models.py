@@ -203,8 +203,12 @@ class StandInForge:
     every weight and buffer of the given modules becomes an inference tensor, in place; and the UNet's transformer
     blocks add into their input in place, as Forge's backend/nn/unet.py BasicTransformerBlock does."""
 
-    def __init__(self, unet: nn.Module, prediction_type: str = "epsilon", text_encoder=None, tokenizer=None):
+    def __init__(self, unet: nn.Module, prediction_type: str = "epsilon", text_encoder=None, tokenizer=None,
+                 storage: Optional[torch.dtype] = None, compute: torch.dtype = torch.float32):
+        """`storage`: the UNet's weights stored in that dtype and computed in `compute` (forge_storage)."""
         from types import SimpleNamespace
+        if storage is not None:
+            forge_storage(unet, storage, compute)
         for module in (unet, text_encoder):
             if module is not None:
                 as_inference_tensors(module)
@@ -217,7 +221,7 @@ class StandInForge:
         betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
         kmodel.predictor.register_buffer("alphas_cumprod", (1 - betas).cumprod(0).float())
         kmodel.predictor.prediction_type = prediction_type
-        kmodel.computation_dtype = torch.float32
+        kmodel.computation_dtype = compute
         vae = None
         if text_encoder is not None:
             from ldm.modules.diffusionmodules.model import Encoder
@@ -238,3 +242,130 @@ class StandInForge:
     def get_learned_conditioning(self, texts):
         ids = self.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         return self.forge_objects.clip.cond_stage_model(ids.input_ids)[0]
+
+
+class StandInLatentDiffusion(nn.Module):
+    """The parts of ldm's LatentDiffusion the webui host uses, built from real ldm modules (the real class needs
+    pytorch_lightning and torchvision, which the webui has and CI does not).
+
+    `devices` is the webui's modules.devices (the stand-in one in webui_stub, configured for a start mode); without
+    it the model runs as the webui's full precision does. As in the webui (modules/sd_hijack_unet.py apply_model),
+    apply_model runs inside devices.autocast() and casts x, t and a *dict* conditioning to devices.dtype_unet, never a
+    plain tensor; get_learned_conditioning returns float32, the text encoder's output times the emphasis
+    multipliers (modules/sd_hijack_clip.py)."""
+
+    def __init__(self, parameterization="eps", devices=None):
+        super().__init__()
+        from ldm.modules.diffusionmodules.model import Encoder
+        from ldm.modules.diffusionmodules.util import make_beta_schedule
+
+        from hypernet import tiny
+        self.model = nn.Module()
+        self.model.diffusion_model = tiny_ldm_unet(context_dim=32)
+        self.first_stage_model = nn.Module()
+        self.first_stage_model.encoder = Encoder(ch=32, out_ch=3, ch_mult=(1, 1, 1, 1), num_res_blocks=1,
+                                                 attn_resolutions=(), in_channels=3, resolution=64, z_channels=4,
+                                                 double_z=True)
+        self.first_stage_model.quant_conv = nn.Conv2d(8, 8, 1)
+        self.cond_stage_model = tiny.pipeline("sd1", seed=3).text_encoder
+        self.tokenizer = tiny.tokenizer()
+        betas = make_beta_schedule("linear", 1000, linear_start=0.00085, linear_end=0.012)
+        self.register_buffer("alphas_cumprod", torch.tensor(betas).neg().add(1).cumprod(0).float())
+        self.parameterization = parameterization
+        self.scale_factor = 0.18215
+        self.devices = devices
+
+    def _autocast(self):
+        import contextlib
+        return self.devices.autocast() if self.devices is not None else contextlib.nullcontext()
+
+    def get_learned_conditioning(self, texts):
+        ids = self.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        z = self.cond_stage_model(ids.input_ids)[0]
+        return z * torch.ones(z.shape[:2] + (1,), dtype=torch.float32)   # the emphasis multipliers: float32
+
+    def apply_model(self, x, t, cond):
+        dtype = self.devices.dtype_unet if self.devices is not None else torch.float32
+        if isinstance(cond, dict):
+            cond = {k: v.to(dtype) for k, v in cond.items()}
+        with self._autocast():
+            return self.model.diffusion_model(x.to(dtype), t.to(dtype), context=cond)
+
+
+def sdp_attention(unet: nn.Module, upcast: bool = False) -> None:
+    """Every CrossAttention of an ldm UNet computed as the webui (modules/sd_hijack_optimizations.py) and Forge
+    (backend/attention.py) compute it, by scaled dot product attention; upcast to float32 with the webui's "Upcast
+    cross attention layer to float32". ldm's own forward mixes float32 scores with float16 values: no host runs it
+    in a half model."""
+    for module in unet.modules():
+        if type(module).__name__ == "CrossAttention":
+            module.forward = _sdp_forward(module, upcast)
+
+
+def _sdp_forward(attn: nn.Module, upcast: bool):
+    import torch.nn.functional as F
+
+    def forward(x, context=None, mask=None):
+        context = x if context is None else context
+        q, k, v = attn.to_q(x), attn.to_k(context), attn.to_v(context)
+        dtype = q.dtype
+        if upcast:
+            q, k, v = q.float(), k.float(), v.float()
+        b, h = x.shape[0], attn.heads
+        q, k, v = (t.view(b, -1, h, t.shape[-1] // h).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, h * q.shape[-1])
+        return attn.to_out(out.to(dtype))
+    return forward
+
+
+def webui_precision(model: StandInLatentDiffusion, mode: str, upcast_attn: bool = False) -> StandInLatentDiffusion:
+    """The model as the webui loads it in a start mode (model.devices must be the stand-in modules.devices):
+    "half" (--precision half): UNet, text encoder and VAE in float16, the UNet's own dtype float16, GroupNorm32 on
+    float32 weights; "fp8" (Settings > FP8 weight): every Linear and Conv2d but the VAE's stored as float8_e4m3fn,
+    usable only inside the webui's autocast; "full": as built. Attention runs the webui's way, upcast to float32 when
+    `upcast_attn` (Settings > Upcast cross attention layer to float32)."""
+    sdp_attention(model.model.diffusion_model, upcast_attn)
+    model.devices.configure(mode)
+    if mode == "half":
+        set_dtype(model.model.diffusion_model, torch.float16)
+        model.cond_stage_model.half()
+        model.first_stage_model.half()
+    elif mode == "fp8":
+        for part in (model.model, model.cond_stage_model):
+            for module in part.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    module.to(torch.float8_e4m3fn)
+    return model
+
+
+def _forge_forward(module: nn.Module):
+    """The layer's forward as Forge's backend/operations.py computes it: its stored weights cast to the input's
+    dtype on every call."""
+    import torch.nn.functional as F
+
+    def cast(x):
+        w = module.weight.to(x.dtype) if module.weight is not None else None
+        b = module.bias.to(x.dtype) if module.bias is not None else None
+        return w, b
+
+    if isinstance(module, nn.Linear):
+        return lambda x: F.linear(x, *cast(x))
+    if isinstance(module, nn.Conv2d):
+        return lambda x: module._conv_forward(x, *cast(x))
+    if isinstance(module, nn.GroupNorm):
+        return lambda x: F.group_norm(x, module.num_groups, *cast(x), module.eps)
+    return lambda x: F.layer_norm(x, module.normalized_shape, *cast(x), module.eps)
+
+
+def forge_storage(unet: nn.Module, storage: torch.dtype, compute: torch.dtype) -> nn.Module:
+    """The UNet as Forge keeps it with --unet-in-fp16/-bf16/-fp8-e4m3fn: weights stored in `storage`, every layer
+    computing in `compute` (its weights cast per call), and the UNet's inputs in `compute`."""
+    for module in unet.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)):
+            module.to(storage)
+            module.forward = _forge_forward(module)
+    sdp_attention(unet)
+    unet.dtype = compute
+    unet.time_embed._forward_pre_hooks.clear()   # the float32 timestep embedding goes in as the compute dtype
+    unet.time_embed.register_forward_pre_hook(lambda m, args: (args[0].to(compute),) + tuple(args[1:]))
+    return unet

@@ -18,6 +18,7 @@ from hypernet.config import CreateOptions, TrainOptions
 from hypernet.data import DatasetError
 from hypernet.hosts.diffusers import DiffusersHost
 from hypernet.train import Trainer, train
+from models import StandInLatentDiffusion
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -300,37 +301,6 @@ def test_clipping_and_other_optimizers_run(pipes, data_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- webui host
-class StandInLatentDiffusion(torch.nn.Module):
-    """The parts of ldm's LatentDiffusion the webui host uses, built from real ldm modules (the real class needs
-    pytorch_lightning and torchvision, which the webui has and CI does not)."""
-
-    def __init__(self, parameterization="eps"):
-        super().__init__()
-        from ldm.modules.diffusionmodules.model import Encoder
-        from ldm.modules.diffusionmodules.util import make_beta_schedule
-        from models import tiny_ldm_unet
-        self.model = torch.nn.Module()
-        self.model.diffusion_model = tiny_ldm_unet(context_dim=32)
-        self.first_stage_model = torch.nn.Module()
-        self.first_stage_model.encoder = Encoder(ch=32, out_ch=3, ch_mult=(1, 1, 1, 1), num_res_blocks=1,
-                                                 attn_resolutions=(), in_channels=3, resolution=64, z_channels=4,
-                                                 double_z=True)
-        self.first_stage_model.quant_conv = torch.nn.Conv2d(8, 8, 1)
-        self.cond_stage_model = tiny.pipeline("sd1", seed=3).text_encoder
-        self.tokenizer = tiny.tokenizer()
-        betas = make_beta_schedule("linear", 1000, linear_start=0.00085, linear_end=0.012)
-        self.register_buffer("alphas_cumprod", torch.tensor(betas).neg().add(1).cumprod(0).float())
-        self.parameterization = parameterization
-        self.scale_factor = 0.18215
-
-    def get_learned_conditioning(self, texts):
-        ids = self.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-        return self.cond_stage_model(ids.input_ids)[0]
-
-    def apply_model(self, x, t, cond):
-        return self.model.diffusion_model(x, t, context=cond)
-
-
 def test_webui_host_trains_the_ldm_unet_with_block_checkpointing(data_dir, tmp_path):
     from hypernet.hosts.webui import WebuiHost
     images = []

@@ -56,8 +56,9 @@ class WebuiHost:
         self.sd_model = sd_model
         self._read_model(sd_model)
         first = next(self.unet.parameters())
-        self.device = torch.device(device) if device is not None else first.device
-        self.dtype = self.compute_dtype or first.dtype
+        # The webui's device, not where the UNet sits now: --medvram keeps it on the CPU between uses.
+        self.device = torch.device(device or self._default_device(first))
+        self.dtype = self.compute_dtype or unet_dtype(self.unet)
         self._sampler = sampler
         self._checkpointing = BlockCheckpointing(self.unet, copy_input=self.adds_in_place)
 
@@ -74,8 +75,28 @@ class WebuiHost:
         self.scale_factor = float(getattr(sd_model, "scale_factor", 0.18215))
         self.shift_factor = 0.0
 
+    def _default_device(self, first: torch.Tensor) -> torch.device:
+        return _webui("device") or first.device
+
     def frozen_modules(self):
         return [self.sd_model]
+
+    def _vae_placed(self):
+        """The VAE on the training device while it encodes (--medvram parks it on the CPU between uses)."""
+        return on_device(self.vae, self.device)
+
+    def precision(self):
+        """The webui's own precision context, which its sampling runs in: autocast for FP8 weights (which compute
+        only inside it) and for half models on CUDA; nothing outside a webui."""
+        devices = _webui_module("devices")
+        return devices.autocast() if devices is not None else contextlib.nullcontext()
+
+    def check_trainable(self) -> None:
+        """Refuse, before any step, a model the webui splits across devices block by block (--lowvram on a GPU):
+        backward needs every block where its forward ran."""
+        if self.device.type != "cpu" and _lowvram_blocks(self.unet):
+            raise HypernetError("training needs the whole UNet on the GPU, and --lowvram keeps one block there at a "
+                                "time; restart the webui with --medvram instead (tags still apply with --lowvram)")
 
     def model_dims(self) -> list:
         sites = find_attention(self.unet)
@@ -105,10 +126,11 @@ class WebuiHost:
     def encode_images(self, pixels: torch.Tensor):
         """(mean, std) of the latent Gaussian, shifted then scaled; the same encoder + quant_conv path in ldm, sgm
         and Forge (whose VAE adds the shift)."""
-        param = next(self.vae.parameters())
-        moments = self.vae.encoder(pixels.to(param.device, param.dtype))
-        if getattr(self.vae, "quant_conv", None) is not None:
-            moments = self.vae.quant_conv(moments)
+        with self._vae_placed():
+            param = next(self.vae.parameters())
+            moments = self.vae.encoder(pixels.to(param.device, param.dtype))
+            if getattr(self.vae, "quant_conv", None) is not None:
+                moments = self.vae.quant_conv(moments)
         mean, logvar = moments.float().chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
         return (mean - self.shift_factor) * self.scale_factor, std * self.scale_factor
@@ -146,7 +168,7 @@ class WebuiHost:
     @torch.no_grad()
     def encode_prompts(self, texts):
         # Forge encodes under torch.inference_mode; clones are ordinary tensors autograd may save.
-        with self._clip_setting():
+        with self._clip_setting(), self.precision():
             cond = self.sd_model.get_learned_conditioning(list(texts))
             if not _finite(cond):
                 # Without emphasis in the prompts, "No norm" gives exactly what "Original" gives when it is finite.
@@ -157,7 +179,11 @@ class WebuiHost:
         return cond.clone().to(self.device)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
-        return self.sd_model.apply_model(x_t.to(self.device, self.dtype), t.to(self.device), cond)
+        # The webui's apply_model casts x, t and a dict's tensors to the UNet's dtype, but not a plain tensor (SD1/2
+        # conditioning, float32 after the emphasis multipliers): cast everything here, as its sampler's inputs are.
+        with self.precision():
+            return self.sd_model.apply_model(x_t.to(self.device, self.dtype), t.to(self.device),
+                                             _cast(cond, self.dtype))
 
     def enable_gradient_checkpointing(self) -> None:
         self._checkpointing.enable()
@@ -186,6 +212,59 @@ class WebuiHost:
             return processing.process_images(p).images[0]
         finally:
             p.close()
+
+
+FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name))
+
+
+def unet_dtype(unet: torch.nn.Module) -> torch.dtype:
+    """The dtype the webui feeds a UNet: ldm/sgm's own `dtype` (float16 when it runs half), else its weights'; FP8
+    weights compute in float16, as the webui halves a model before storing it in FP8."""
+    own = getattr(unet, "dtype", None)
+    dtype = own if isinstance(own, torch.dtype) else next(unet.parameters()).dtype
+    return torch.float16 if dtype in FP8_DTYPES else dtype
+
+
+def _cast(cond, dtype: torch.dtype):
+    """Conditioning (a tensor, or SDXL's dict of tensors) in `dtype`."""
+    if isinstance(cond, dict):
+        return {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    return cond.to(dtype)
+
+
+def _webui_module(name: str):
+    """The webui's `modules.<name>`, or None outside a webui."""
+    import importlib
+    try:
+        return importlib.import_module(f"modules.{name}")
+    except ImportError:
+        return None
+
+
+def _webui(name: str):
+    """An attribute of the webui's `modules.devices` (device, dtype_unet...), or None outside a webui."""
+    return getattr(_webui_module("devices"), name, None)
+
+
+@contextlib.contextmanager
+def on_device(module: torch.nn.Module, device: torch.device):
+    """`module` on `device` for the duration, then back where it was (--medvram parks the VAE on the CPU)."""
+    before = next(module.parameters()).device
+    if before == device:
+        yield
+        return
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to(before)
+
+
+def _lowvram_blocks(unet: torch.nn.Module) -> bool:
+    """Whether the webui's --lowvram hooks move the UNet's blocks to the GPU one at a time."""
+    blocks = list(getattr(unet, "input_blocks", None) or [])[:1]
+    return any(getattr(hook, "__name__", "") == "send_me_to_gpu"
+               for block in blocks for hook in block._forward_pre_hooks.values())
 
 
 def _finite(cond) -> bool:
@@ -270,6 +349,18 @@ class ForgeHost(WebuiHost):
 
     def identity(self) -> dict:
         return {**super().identity(), "host": "forge"}
+
+    def _default_device(self, first: torch.Tensor) -> torch.device:
+        return first.device  # where Forge's memory manager just loaded the UNet
+
+    def precision(self):
+        """Forge needs no context: its layers cast their stored weights (fp8, fp16, bf16) to the compute dtype on
+        every call."""
+        return contextlib.nullcontext()
+
+    def _vae_placed(self):
+        """Forge's memory manager decides where its VAE lives; the encoder runs there."""
+        return contextlib.nullcontext()
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         context, extra = (cond["crossattn"], {"y": cond["vector"].to(self.dtype)}) if isinstance(cond, dict) \
