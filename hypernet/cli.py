@@ -296,6 +296,9 @@ def _train_on(args, options, create, name, device: str, group) -> int:
     print(f"run folder: {result.run_dir} (hypernetwork_loss.csv, loss.png, settings.json, "
           f"{len(result.saved)} copies, {len(result.previews)} previews)"
           + (f"; {group.world_size} processes" if group.active else ""))
+    if result.overflow_steps:
+        print(f"{result.overflow_steps} steps skipped where float16 gradients overflowed (the loss scale came down; "
+              "each skipped step drew a new batch)")
     if result.val_losses:
         curve = ", ".join(f"{loss:.5f} at {step}" for step, loss in result.val_losses)
         share = result.validation_seconds / max(result.seconds, 1e-9)

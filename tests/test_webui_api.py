@@ -1,5 +1,6 @@
 """The /hypernet/v1/ HTTP API, through FastAPI's TestClient, against the stand-in webui `modules`."""
 import inspect
+import os
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def webui(tmp_path, httpx_without_app):
 
 @pytest.fixture(scope="module")
 def sd_model():
-    from test_train import StandInLatentDiffusion
+    from models import StandInLatentDiffusion
     return StandInLatentDiffusion()
 
 
@@ -312,6 +313,8 @@ def test_interrupt_stops_saves_and_exits_cleanly(webui, sd_model, data_dir):
     assert status["state"] == "interrupted" and status["error"] is None
     assert 1 <= status["step"] < 100_000
     assert hypernet.load(webui.folder / "long.pt").step == status["step"]
+    copy = status["last_saved"]   # the numbered copy written at the interrupt, not null
+    assert copy and os.path.basename(copy) == f"long-{status['step']}.pt" and hypernet.load(copy).step == status["step"]
     assert webui.client.post(f"{API}/train/interrupt", params={"job_id": job_id}).status_code == 409
 
 

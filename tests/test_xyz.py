@@ -16,7 +16,7 @@ def webui(tmp_path):
 
 @pytest.fixture(scope="module")
 def sd_model():
-    from test_train import StandInLatentDiffusion
+    from models import StandInLatentDiffusion
     model = StandInLatentDiffusion()
     torch.manual_seed(0)
     for module in model.model.diffusion_model.modules():  # ldm zero-initialises its output layers

@@ -178,6 +178,10 @@ class TrainJob:
         self._update(start_step=trainer.start_step, step=trainer.start_step, run_dir=str(trainer.run_dir))
         self.runtime.planned(self.options.steps - trainer.start_step)
         result = trainer.run()
+        overflow = [f"{result.overflow_steps} steps were skipped where float16 gradients overflowed (the loss scale "
+                    "came down)"] if result.overflow_steps else []
+        # The copy written at an interrupt comes after the last progress report.
         self._update(state=result.stopped, step=result.step, output=result.output, loss=result.last_loss,
-                     notes=list(trainer.notes))
+                     notes=list(trainer.notes) + overflow,
+                     last_saved=result.saved[-1] if result.saved else self.status.last_saved)
         self.runtime.finished()
