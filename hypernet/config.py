@@ -88,7 +88,7 @@ class CreateOptions:
     """Everything that defines a hypernetwork's architecture; stored in every file it is saved to."""
 
     name: str = field(default="hypernetwork", metadata={
-        "essential": True, "help": "name stored in the file and used in <hypernet:NAME> tags"})
+        "essential": True, "label": "Hypernetwork name", "help": "name stored in the file and used in <hypernet:NAME> tags"})
     dims: list = field(default_factory=lambda: [768, 320, 640, 1280], metadata={
         "essential": True,
         "help": "context widths to create modules for: 768 (SD1 cross), 1024 (SD2 cross), 2048 (SDXL cross), "
@@ -284,9 +284,12 @@ class TrainOptions:
     template: str = _opt("style_filewords", "prompt template: a shipped name (style, style_filewords, subject, "
                          "subject_filewords, hypernetwork, none) or a .txt file of lines with [name] and [filewords]",
                          group="data", essential=True)
+    # A UI label of its own where the webui's Train tab has the same one: the webui keeps every field's value in
+    # ui-config.json under "<tab>/<label>", and two fields with one label would share it.
     width: int = _opt(512, "training width (multiple of 8; the maximum area with buckets)",
-                      group="data", essential=True)
-    height: int = _opt(512, "training height (multiple of 8)", group="data", essential=True)
+                      group="data", essential=True, label="Training width")
+    height: int = _opt(512, "training height (multiple of 8)", group="data", essential=True,
+                       label="Training height")
     resize: str = _opt("crop", "fit images to width x height: center crop, stretch (the webui's way) or aspect "
                        "buckets", choices=RESIZE_MODES, group="data")
     flip: bool = _opt(False, "random horizontal flips", group="data")
@@ -311,7 +314,7 @@ class TrainOptions:
     # optimisation
     steps: int = _opt(1000, "train until this many steps in total (a resumed file counts its steps)",
                       group="train", essential=True)
-    batch_size: int = _opt(1, "images per batch", group="train", essential=True)
+    batch_size: int = _opt(1, "images per batch", group="train", essential=True, label="Images per batch")
     gradient_accumulation: int = _opt(1, "batches per optimizer step", group="train")
     learning_rate: str = _opt("0.00001", "learning rate, or a schedule \"rate:step, rate:step, rate\"",
                               group="train", essential=True)

@@ -4,6 +4,7 @@ Tabs inside the webui are checked against the stand-in `modules`; the standalone
 model and is also served over HTTP.
 """
 import dataclasses
+import json
 import urllib.request
 
 import pytest
@@ -318,3 +319,95 @@ def test_ui_command_explains_a_missing_gradio(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_gradio)
     assert main(["ui"]) == 2
     assert "gradio" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- ui-config.json
+def _webui_train_fields():
+    """The inputs of the webui's own Train interface (v1.10.1 modules/ui.py), with their labels and defaults: what
+    its first start writes into ui-config.json under "train/"."""
+    gr.Textbox(label="Name")
+    gr.Textbox(label="Initialization text", value="*")
+    gr.Slider(label="Number of vectors per token", minimum=1, maximum=75, step=1, value=1)
+    gr.Checkbox(value=False, label="Overwrite Old Embedding")
+    gr.Button(value="Create embedding")
+    gr.Textbox(label="Name")
+    gr.Textbox("1, 2, 1", label="Enter hypernetwork layer structure")
+    gr.Checkbox(label="Add layer normalization")
+    gr.Checkbox(label="Use dropout")
+    gr.Checkbox(value=False, label="Overwrite Old Hypernetwork")
+    gr.Button(value="Create hypernetwork")
+    gr.Dropdown(label="Embedding", choices=[])
+    gr.Dropdown(label="Hypernetwork", choices=[])
+    gr.Textbox(label="Embedding Learning rate", value="0.005")
+    gr.Textbox(label="Hypernetwork Learning rate", value="0.00001")
+    gr.Dropdown(value="disabled", label="Gradient Clipping", choices=["disabled", "value", "norm"])
+    gr.Number(label="Batch size", value=1, precision=0)
+    gr.Number(label="Gradient accumulation steps", value=1, precision=0)
+    gr.Textbox(label="Dataset directory")
+    gr.Textbox(label="Log directory", value="textual_inversion")
+    gr.Slider(minimum=64, maximum=2048, step=8, label="Width", value=512)
+    gr.Slider(minimum=64, maximum=2048, step=8, label="Height", value=512)
+    gr.Checkbox(label="Do not resize images", value=False)
+    gr.Number(label="Max steps", value=100000, precision=0)
+    gr.Checkbox(label="Use PNG alpha channel as loss weight", value=False)
+    gr.Checkbox(label="Shuffle tags by ',' when creating prompts.", value=False)
+    gr.Slider(minimum=0, maximum=1, step=0.1, label="Drop out tags when creating prompts.", value=0)
+    gr.Radio(label="Choose latent sampling method", value="once", choices=["once", "deterministic", "random"])
+    gr.Button(value="Train Embedding")
+    gr.Button(value="Interrupt")
+    gr.Button(value="Train Hypernetwork")
+
+
+def _train_interface(webui):
+    """The webui's Train interface as modules/ui.py builds it: its own sub-tabs, then the extensions'."""
+    with gr.Blocks() as blocks:
+        with gr.Tabs():
+            with gr.Tab("Train"):
+                _webui_train_fields()
+            webui.script_callbacks.ui_train_tabs_callback(webui.script_callbacks.UiTrainTabParams(None))
+    return blocks
+
+
+def _forge_interface(webui):
+    from hypernet.webui import ui
+    ui.reset()
+    return webui.script_callbacks.ui_tabs_callback()[0][0]
+
+
+TRACKED = (gr.Slider, gr.Radio, gr.Checkbox, gr.Textbox, gr.Number, gr.Dropdown)   # what ui-config.json keeps
+
+
+def _ours(blocks) -> dict:
+    """Every input of ours by elem_id, with its value."""
+    return {k: v.value for k, v in _components(blocks).items()
+            if k.startswith("hypernet_") and isinstance(v, gr.components.IOComponent)
+            and not isinstance(v, (gr.Button, gr.HTML, gr.Image, gr.Gallery))}
+
+
+def _value_keys(blocks, interface: str, ours: bool) -> list:
+    """The ui-config keys of the tracked inputs of ours (or of the host's), one per component."""
+    return [f"{interface}/{c.label}/value" for c in blocks.blocks.values()
+            if type(c) in TRACKED and c.label is not None
+            and str(getattr(c, "elem_id", None) or "").startswith("hypernet_") == ours]
+
+
+@pytest.mark.parametrize("host,interface", [("webui", "train"), ("forge", "hypernet_tab")])
+def test_a_restart_with_the_hosts_ui_config_changes_none_of_our_fields(webui, tmp_path, host, interface):
+    """The host saves every field by tab and label, and a restart applies the file: each of our fields keeps its own
+    key, so an unedited tab comes back exactly as built, whatever the host's own fields hold."""
+    from modules.ui_loadsave import UiLoadsave
+    build = (lambda: _train_interface(webui)) if host == "webui" else (lambda: _forge_interface(webui))
+    config = tmp_path / "ui-config.json"
+    defaults = _ours(build())
+    assert len(defaults) > 60 and defaults["hypernet_compare_width"] == 0 and defaults["hypernet_train_new_name"] == ""
+    first = build()
+    keys, host_keys = _value_keys(first, interface, True), _value_keys(first, interface, False)
+    assert len(keys) > 60 and len(set(keys)) == len(keys) and not set(keys) & set(host_keys)
+    assert (host == "webui") == bool(host_keys)
+    loadsave = UiLoadsave(config)
+    loadsave.add_block(first, interface)
+    loadsave.dump_defaults()                              # the first start writes every default
+    assert _ours(first) == defaults
+    again = build()
+    UiLoadsave(config).add_block(again, interface)        # a restart applies the file
+    assert _ours(again) == defaults

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 from ..config import CompareOptions
 from . import actions
-from .tabs import Panel, _cleaned, _error, _essential, _fields, _message, component
+from .tabs import Panel, _cleaned, _error, _essential, _fields, _label, _message, component
 
 COMPARE_FIELDS = tuple(f.name for f in _fields(CompareOptions))
 
@@ -70,9 +70,9 @@ def build(gr, panel: Panel) -> Dict[str, object]:
                                    elem_id="hypernet_compare_run")
             c["refresh"] = gr.Button("Refresh", scale=1, min_width=80, elem_id="hypernet_compare_refresh")
         fields = _fields(CompareOptions)
-        inputs = {f.name: component(gr, f, "hypernet_compare") for f in fields if _essential(f)}
+        inputs = {f.name: _input(gr, f) for f in fields if _essential(f)}
         with gr.Accordion("Sampling", open=False):
-            inputs.update({f.name: component(gr, f, "hypernet_compare") for f in fields if not _essential(f)})
+            inputs.update({f.name: _input(gr, f) for f in fields if not _essential(f)})
         c["inputs"] = [inputs[name] for name in COMPARE_FIELDS]
         c["compare"] = gr.Button("Compare saved copies", variant="primary", elem_id="hypernet_compare_button")
         c["message"] = gr.HTML(elem_id="hypernet_compare_message")
@@ -85,6 +85,11 @@ def build(gr, panel: Panel) -> Dict[str, object]:
         c["keep"] = gr.Button("Keep as final file", elem_id="hypernet_compare_keep")
         c["kept"] = gr.HTML(elem_id="hypernet_compare_kept")
     return c
+
+
+def _input(gr, f):
+    """A comparison option's input, labelled "Grid ..." (the Train tab has its own Seed, Steps, Width...)."""
+    return component(gr, f, "hypernet_compare", label=f"Grid {_label(f.name).lower()}")
 
 
 def wire(gr, panel: Panel, c: Dict[str, object]) -> None:

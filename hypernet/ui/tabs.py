@@ -48,6 +48,11 @@ def _label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
+def field_label(f: dataclasses.Field) -> str:
+    """A field's UI label: its own from the dataclass, else its name in words."""
+    return f.metadata.get("label") or _label(f.name)
+
+
 def _default(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
@@ -56,11 +61,14 @@ def _text(values) -> str:
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
-def component(gr, f: dataclasses.Field, prefix: str, default=None):
-    """One gradio input for a dataclass field: its kind, default, help text and choices come from the field."""
+def component(gr, f: dataclasses.Field, prefix: str, default=None, label: Optional[str] = None):
+    """One gradio input for a dataclass field: its kind, default, help text and choices come from the field.
+
+    Every label is unique within the tab (`label` words a field of a second form): the webui and Forge keep each
+    field's value in ui-config.json keyed by tab and label."""
     value_ = _default(f) if default is None else default
     meta = f.metadata
-    common = dict(label=_label(f.name), info=meta.get("help", ""), elem_id=f"{prefix}_{f.name}")
+    common = dict(label=label or field_label(f), info=meta.get("help", ""), elem_id=f"{prefix}_{f.name}")
     if f.name == "dims":
         choices = [str(d) for d in COMMON_DIMS]
         return gr.CheckboxGroup(choices=choices, value=[str(d) for d in value_], **common)
@@ -148,7 +156,7 @@ def build_create_tab(gr, panel: Panel):
                                                  elem_id="hypernet_create_overwrite")
         with gr.Column(scale=2, min_width=280, elem_id="hypernet_create_side", elem_classes=["hypernet-side"]):
             gr.HTML(f"<style>{SIDE_CSS}</style>", elem_classes=["hypernet-style"])
-            button = gr.Button("Create hypernetwork", variant="primary", elem_id="hypernet_create_button")
+            button = gr.Button("Create hypernetwork file", variant="primary", elem_id="hypernet_create_button")
             output = gr.HTML(elem_id="hypernet_create_result")
     return comps, button, output
 
@@ -286,7 +294,7 @@ def build_train_tab(gr, panel: Panel):
         with gr.Column(scale=3, min_width=320):
             with gr.Row(elem_classes=["hypernet-pick"]):
                 c["hypernetwork"] = gr.Dropdown(choices=hypernetwork_choices(panel), value=NEW,
-                                                label="Hypernetwork", scale=4, min_width=240,
+                                                label="Hypernetwork to train", scale=4, min_width=240,
                                                 info="continue training a file, or create a new one below",
                                                 elem_id="hypernet_train_hypernetwork")
                 c["refresh"] = gr.Button("Refresh list", scale=1, min_width=100, elem_id="hypernet_train_refresh")
@@ -313,7 +321,7 @@ def build_train_tab(gr, panel: Panel):
         with gr.Column(scale=2, min_width=280, elem_id="hypernet_train_side", elem_classes=["hypernet-side"]):
             with gr.Row():
                 c["train"] = gr.Button("Train hypernetwork", variant="primary", elem_id="hypernet_train_button")
-                c["interrupt"] = gr.Button("Interrupt", elem_id="hypernet_train_interrupt")
+                c["interrupt"] = gr.Button("Interrupt training", elem_id="hypernet_train_interrupt")
                 c["watch"] = gr.Button("Show progress", elem_id="hypernet_train_watch")
             c["status"] = gr.HTML(status_html(None), elem_id="hypernet_train_status")
             c["loss"] = gr.Image(label="Loss", type="pil", interactive=False, elem_id="hypernet_train_loss")
@@ -326,7 +334,8 @@ def build_train_tab(gr, panel: Panel):
 def _new_component(gr, f: dataclasses.Field):
     """A creation field on the Train tab: empty name and no ticked widths mean "from the data / the model"."""
     return component(gr, f, "hypernet_train_new", default="" if f.name == "name" else ([] if f.name == "dims"
-                                                                                        else None))
+                                                                                        else None),
+                     label=f"{_label(f.name)} of the new hypernetwork")
 
 
 def wire(gr, panel: Panel, create, train) -> dict:
