@@ -11,11 +11,12 @@ import csv
 import json
 import os
 import re
+import secrets
 import shutil
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
@@ -57,11 +58,17 @@ class Comparison:
     columns: List[tuple]
     seed: int
     files: List[str] = field(default_factory=list)   # where the grid was written
+    cells: Tuple[int, int] = (0, 0)                   # images rendered, images planned: fewer when stopped
+
+    @property
+    def complete(self) -> bool:
+        return self.cells[0] == self.cells[1]
 
     def to_dict(self) -> dict:
         return {"copies": [{"path": c.path, "step": c.step, "val_loss": c.val_loss} for c in self.copies],
                 "columns": [{"prompt": p, "strength": s} for p, s in self.columns], "seed": self.seed,
-                "files": list(self.files)}
+                "files": list(self.files), "cells_done": self.cells[0], "cells_total": self.cells[1],
+                "complete": self.complete}
 
 
 # ---------------------------------------------------------------------------------------------- finding copies
@@ -174,9 +181,10 @@ def settings_of(copies: Sequence[Copy]) -> dict:
 
 
 def filled(options: CompareOptions, settings: dict) -> CompareOptions:
-    """The options with the run's defaults put in: its preview prompt (else first caption) and training size."""
+    """The options with the run's defaults put in: its preview prompt (else first caption) and training size; a
+    seed below 0 becomes one random seed, the same for the whole grid (as the webui's X/Y/Z plot draws it)."""
     run = settings.get("options", {}) if isinstance(settings.get("options"), dict) else {}
-    changes = {}
+    changes = {"seed": secrets.randbelow(2 ** 32 - 1)} if options.seed < 0 else {}
     if not options.prompts():
         prompt = run.get("preview_prompt") or first_caption(run.get("data"))
         if not prompt:
@@ -221,16 +229,42 @@ def _sample(host, prompt: str, o: CompareOptions):
         return host.sample(prompt, o.negative_prompt, o.steps, o.cfg_scale, o.seed, o.width, o.height, **extra)
 
 
-def render(host, copies: Sequence[Copy], options: CompareOptions) -> Comparison:
-    """Every copy at every (prompt, strength), same seed throughout; strength 0 is the model with no hooks."""
+class _Cells:
+    """Counts rendered images against the plan, reports each, and says when to stop (between images)."""
+
+    def __init__(self, total: int, progress: Optional[Callable[[int, int], bool]]):
+        self.done, self.total, self.progress, self.stopped = 0, total, progress, False
+        self._report()  # 0 of total: the plan shows before the first image
+
+    def rendered(self) -> None:
+        self.done += 1
+        self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None and self.progress(self.done, self.total) and self.done < self.total:
+            self.stopped = True
+
+
+def render(host, copies: Sequence[Copy], options: CompareOptions,
+           progress: Optional[Callable[[int, int], bool]] = None) -> Comparison:
+    """Every copy at every (prompt, strength), same seed throughout; strength 0 is the model with no hooks.
+
+    `progress(done, total)` is called after every image; when it returns True the rendering stops there and the grid
+    holds what was rendered, grey where an image is missing."""
     from . import attach, load
     prompts, strengths = options.prompts(), options.strength_list()
     if not prompts:
         raise ConfigError("prompt", "give at least one prompt")
+    if options.seed < 0:
+        raise ConfigError("seed", "fill the options first: compare.filled draws one seed for the grid")
     columns = [(p, s) for p in prompts for s in strengths]
+    hooked = [c for c in columns if c[1] != 0.0]
+    cells = _Cells((len(prompts) if 0.0 in strengths else 0) + len(copies) * len(hooked), progress)
     base = {}
     for prompt in prompts if 0.0 in strengths else ():
-        base[prompt] = _sample(host, prompt, options)  # the same for every row: rendered once
+        if not cells.stopped:
+            base[prompt] = _sample(host, prompt, options)  # the same for every row: rendered once
+            cells.rendered()
     rows = []
     for copy in copies:
         hn = load(copy.path)
@@ -240,17 +274,23 @@ def render(host, copies: Sequence[Copy], options: CompareOptions) -> Comparison:
         row = []
         for prompt, strength in columns:
             if strength == 0.0:
-                row.append(base[prompt])
-                continue
-            with attach(host.unet, [(hn, strength)], warn=False):
-                row.append(_sample(host, prompt, options))
+                row.append(base.get(prompt))
+            elif not cells.stopped:
+                with attach(host.unet, [(hn, strength)], warn=False):
+                    row.append(_sample(host, prompt, options))
+                cells.rendered()
+            else:
+                row.append(None)
         rows.append(row)
+    blank = Image.new("RGB", (options.width or 64, options.height or 64), (96, 96, 96))
+    rows = [[img if img is not None else blank for img in row] for row in rows]
     titles = [("without" if s == 0.0 else f"strength {s:g}") for _, s in columns]
     groups = prompts if len(prompts) > 1 else []
+    stopped = f" (stopped after {cells.done} of {cells.total} images)" if cells.stopped else ""
     picture = labelled_grid(rows, titles, [c.label for c in copies], groups,
-                            f"seed {options.seed}, {options.steps} steps, cfg {options.cfg_scale:g}"
+                            f"seed {options.seed}, {options.steps} steps, cfg {options.cfg_scale:g}{stopped}"
                             + ("" if len(prompts) > 1 else f": {prompts[0]}"))
-    return Comparison(picture, list(copies), columns, options.seed)
+    return Comparison(picture, list(copies), columns, options.seed, cells=(cells.done, cells.total))
 
 
 def _cell(size: int) -> int:

@@ -136,3 +136,65 @@ def test_train_tab_panel_compares_and_keeps(pipe, run, tmp_path):
     with gr.Blocks():                                        # the panel is part of the Train tab
         comps = tabs.build_train_tab(gr, panel)
     assert set(comps["compare"]) >= {"run", "compare", "grid", "copy", "keep"}
+
+
+def _recording(host, monkeypatch, seeds, after=None):
+    """host.sample records each seed (a plain image, fast); `after(n)` runs after the n-th image."""
+    def sample(prompt, negative, steps, cfg, seed, width, height, **kw):
+        seeds.append(seed)
+        if after is not None:
+            after(len(seeds))
+        return Image.new("RGB", (width, height), (10 * len(seeds), 0, 0))
+    monkeypatch.setattr(host, "sample", sample)
+    return host
+
+
+def test_seed_minus_one_draws_one_seed_for_the_whole_grid_and_labels_it(pipe, run, monkeypatch):
+    seeds, captions = [], []
+    host = _recording(DiffusersHost(pipe), monkeypatch, seeds)
+    grid = compare.labelled_grid
+    monkeypatch.setattr(compare, "labelled_grid", lambda *a: captions.append(a[4]) or grid(*a))
+    copies = compare.saved_copies([run])
+    with pytest.raises(ConfigError, match="seed"):
+        compare.render(host, copies, CompareOptions(prompt="a", seed=-1, width=64, height=64))
+    options = compare.filled(CompareOptions(prompt="a", strengths="0, 1", seed=-1, steps=2), {})
+    result = compare.render(host, copies, options)
+    assert len(seeds) == 3 and len(set(seeds)) == 1 and seeds[0] >= 0 and result.seed == seeds[0]
+    assert captions[-1].startswith(f"seed {seeds[0]},") and result.complete and result.cells == (3, 3)
+    again = compare.filled(CompareOptions(prompt="a", seed=-1), {})
+    assert again.seed >= 0                                 # each comparison draws its own
+
+
+def test_stopping_between_images_keeps_the_partial_grid(pipe, run, monkeypatch):
+    seeds, heard = [], []
+    host = _recording(DiffusersHost(pipe), monkeypatch, seeds)
+    copies = compare.saved_copies([run])
+    options = CompareOptions(prompt="a", strengths="0, 0.5, 1", seed=4, steps=2, width=64, height=64)
+    full = compare.render(host, copies, options)
+    seeds.clear()
+    part = compare.render(host, copies, options, lambda done, total: heard.append((done, total)) or done == 2)
+    assert heard == [(0, 5), (1, 5), (2, 5)] and len(seeds) == 2
+    assert part.cells == (2, 5) and not part.complete and part.to_dict()["complete"] is False
+    assert part.image.size == full.image.size             # the same grid, grey where an image is missing
+
+
+def test_the_panels_stop_button_stops_a_running_comparison(pipe, run, tmp_path, monkeypatch):
+    gr = pytest.importorskip("gradio")
+    from hypernet.standalone import Studio
+    from hypernet.ui import actions, compare_panel, tabs
+    studio = Studio(pipe, str(tmp_path / "hypernetworks"), str(run.parent.parent))
+    panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
+    seeds, shown = [], []
+    host = _recording(DiffusersHost(pipe), monkeypatch, seeds, after=lambda n: n == 1 and actions.stop_compare(
+        studio.state))
+    monkeypatch.setattr(studio.runtime, "host", lambda: host)
+    values = {f.name: f.default for f in dataclasses.fields(CompareOptions)}
+    values.update(prompt="a red square", strengths="0, 1", steps=2)
+    message, image, _ = compare_panel.compare_click(panel, gr, str(run), *[values[n] for n in
+                                                                          compare_panel.COMPARE_FIELDS],
+                                                    progress=lambda value, desc: shown.append(value))
+    assert "Stopped after 1 of 3 images" in message and image is not None and shown == [(0, 3), (1, 3)]
+    assert f"Seed {values['seed']}" in message
+    message, _, _ = compare_panel.compare_click(panel, gr, str(run), *[values[n] for n in
+                                                                       compare_panel.COMPARE_FIELDS])
+    assert "Stopped" not in message                        # the next comparison starts afresh

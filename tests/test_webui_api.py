@@ -412,3 +412,38 @@ def test_compare_and_keep_refuse_paths_outside_the_log_folder(webui, tmp_path):
     assert r.status_code == 422 and field_of(r) == "run"
     r = webui.client.post(f"{API}/compare", json={"run": "x", "strengths": "0, loud"})
     assert r.status_code == 422 and field_of(r) == "strengths"
+
+
+@pytest.mark.parametrize("how", ["interrupt", "skip", "stop"])
+def test_the_webuis_interrupt_skip_and_our_stop_end_a_comparison_between_images(webui, sd_model, data_dir, how,
+                                                                                 monkeypatch):
+    """As the X/Y/Z plot does: Interrupt (and /sdapi/v1/interrupt, which calls it) and Skip stop between cells, and
+    so does POST compare/interrupt; the grid rendered so far comes back."""
+    from hypernet.webui.state import get_state
+    webui.shared.sd_model = sd_model
+    status = wait(webui.client, webui.client.post(f"{API}/train", json=train_body(
+        data_dir, name=f"stop{how}", steps=2, save_every=1)).json()["job_id"])
+    real, seen = webui.processing.process_images, []
+
+    def process_images(p, *args):
+        seen.append((webui.shared.state.job_no, webui.shared.state.job_count))
+        out = real(p, *args)
+        if len(seen) == 2:
+            if how == "interrupt":
+                webui.shared.state.interrupt()
+            elif how == "skip":
+                webui.shared.state.skipped = True
+            else:
+                assert webui.client.post(f"{API}/compare/interrupt").status_code == 200
+        return out
+
+    monkeypatch.setattr(webui.processing, "process_images", process_images)
+    r = webui.client.post(f"{API}/compare", json={"run": status["run_dir"], "prompt": "a red square",
+                                                  "strengths": "0, 1", "seed": -1, "steps": 2, "width": 64,
+                                                  "height": 64})
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    assert (reply["cells_done"], reply["cells_total"], reply["complete"]) == (2, 3, False) and len(seen) == 2
+    assert seen == [(0, 3), (1, 3)]                       # the webui's progress shows images done of total
+    assert reply["seed"] >= 0 and Path(reply["files"][0]).is_file()
+    assert not get_state().compare_stop.is_set() or how == "stop"

@@ -251,9 +251,10 @@ def _readable(state, path, field: str) -> str:
     return confined(log_folder(state), str(path), field, "log folder", any_path_allowed(state))
 
 
-def compare_copies(state, fields: dict, runtime):
+def compare_copies(state, fields: dict, runtime, progress=None):
     """Render the saved copies of a run (`run`) with CompareOptions fields; the Comparison, its grid written into
-    the run folder under a new name."""
+    the run folder under a new name. `progress(done, total)` hears of every image; the host's Interrupt or Skip, or
+    stop_compare, stops between images and the partial grid is kept."""
     from .. import compare
     from ..config import CompareOptions
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -267,11 +268,23 @@ def compare_copies(state, fields: dict, runtime):
         raise _config_error(exc) from None
     except HypernetError as exc:
         raise ActionError(422, "run", f"run: {exc}") from None
+    state.compare_stop.clear()
+
+    def cells(done: int, total: int) -> bool:
+        if progress is not None:
+            progress(done, total)
+        return runtime.cells(done, total) or state.compare_stop.is_set()
+
     with runtime.session("hypernet-compare"):
-        result = compare.render(runtime.host(), copies, options)
+        result = compare.render(runtime.host(), copies, options, cells)
     folder = compare.run_dir_of(copies[0].path) or Path(copies[0].path).parent
     compare.write_grid(result, compare.free_path(folder, "compare"))
     return result
+
+
+def stop_compare(state) -> None:
+    """Stop the running comparison after its current image."""
+    state.compare_stop.set()
 
 
 def keep_copy(state, fields: dict) -> dict:

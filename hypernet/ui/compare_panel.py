@@ -33,17 +33,22 @@ def current_run(panel: Panel) -> Optional[str]:
 
 
 def comparison_html(result) -> str:
-    """What the grid shows, one line per row: file, step, validation loss."""
+    """What the grid shows, one line per row: file, step, validation loss; the seed, and where it stopped."""
     lines = [f"{html.escape(c.path)}: step {c.step}"
              + (f", validation loss {c.val_loss:.5f}" if c.val_loss is not None else "") for c in result.copies]
+    done, total = result.cells
+    stopped = "" if result.complete else f"<br>Stopped after {done} of {total} images; the grid shows those."
     written = f"<br>Grid saved to {html.escape(result.files[-1])}" if result.files else ""
-    return "<p>" + "<br>".join(lines) + written + "</p>"
+    return "<p>" + "<br>".join(lines) + f"<br>Seed {result.seed}" + stopped + written + "</p>"
 
 
-def compare_click(panel: Panel, gr, run, *values):
-    """Compare button: (message HTML, grid image, choices of the copy to keep)."""
+def compare_click(panel: Panel, gr, run, *values, progress=None):
+    """Compare button: (message HTML, grid image, choices of the copy to keep). `progress`: gradio's Progress,
+    which shows images done of total."""
+    shown = None if progress is None else (lambda done, total: progress((done, total), desc="images"))
     try:
-        result = actions.compare_copies(panel.state, {"run": run, **_cleaned(COMPARE_FIELDS, values)}, panel.runtime)
+        result = actions.compare_copies(panel.state, {"run": run, **_cleaned(COMPARE_FIELDS, values)}, panel.runtime,
+                                        shown)
     except actions.ActionError as exc:
         return _error(exc), None, gr.update()
     paths = [c.path for c in result.copies]
@@ -74,7 +79,9 @@ def build(gr, panel: Panel) -> Dict[str, object]:
         with gr.Accordion("Sampling", open=False):
             inputs.update({f.name: _input(gr, f) for f in fields if not _essential(f)})
         c["inputs"] = [inputs[name] for name in COMPARE_FIELDS]
-        c["compare"] = gr.Button("Compare saved copies", variant="primary", elem_id="hypernet_compare_button")
+        with gr.Row():
+            c["compare"] = gr.Button("Compare saved copies", variant="primary", elem_id="hypernet_compare_button")
+            c["stop"] = gr.Button("Stop comparing", elem_id="hypernet_compare_stop")
         c["message"] = gr.HTML(elem_id="hypernet_compare_message")
         c["grid"] = gr.Image(label="Saved copies", type="pil", interactive=False, elem_id="hypernet_compare_grid")
         c["copy"] = gr.Dropdown(choices=[], label="Copy to keep", elem_id="hypernet_compare_copy")
@@ -96,7 +103,10 @@ def wire(gr, panel: Panel, c: Dict[str, object]) -> None:
     """Connect the panel's buttons; Compare runs in the queue (it generates), the rest skip it."""
     c["refresh"].click(lambda: gr.update(choices=run_choices(panel), value=current_run(panel)), inputs=[],
                        outputs=[c["run"]], queue=False)
-    c["compare"].click(functools.partial(compare_click, panel, gr), inputs=[c["run"], *c["inputs"]],
-                       outputs=[c["message"], c["grid"], c["copy"]])
+    def on_compare(progress=gr.Progress(), *values):  # gradio finds Progress by a leading parameter's default
+        return compare_click(panel, gr, *values, progress=progress)
+
+    c["compare"].click(on_compare, inputs=[c["run"], *c["inputs"]], outputs=[c["message"], c["grid"], c["copy"]])
+    c["stop"].click(lambda: actions.stop_compare(panel.state), inputs=[], outputs=[], queue=False)
     c["keep"].click(functools.partial(keep_click, panel), inputs=[c["copy"], c["name"], c["overwrite"]],
                     outputs=[c["kept"]], queue=False)

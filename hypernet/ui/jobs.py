@@ -78,6 +78,10 @@ class LocalRuntime:
     def progress(self, name: str, report, done: int) -> bool:
         return False
 
+    def cells(self, done: int, total: int) -> bool:
+        """A comparison's progress; nothing outside a webui asks it to stop (the panel's Stop button does)."""
+        return False
+
     def failed(self, message: str) -> None:
         """Log the exception being handled with its traceback."""
         log.exception(message)

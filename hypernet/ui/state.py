@@ -61,6 +61,7 @@ class LibraryState:
         self._hashes: Dict[str, Tuple[Tuple[int, int], str]] = {}
         self._sites: Optional[Tuple[weakref.ref, list]] = None
         self.jobs: Dict[str, object] = {}
+        self.compare_stop = threading.Event()   # a Stop button or request for the running comparison
         self._pins: Dict[str, str] = {}  # tag name -> a file outside the folder (a saved copy an axis sweeps)
         self.lock = threading.RLock()
 

@@ -243,6 +243,10 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
             raise _error(exc.status, exc.field, str(exc)) from None
         return {**result.to_dict(), "image": base64.b64encode(png_bytes(result.image)).decode()}
 
+    def compare_interrupt():
+        actions.stop_compare(the_state())
+        return {"interrupting": True}
+
     def keep(body: KeepRequest = Body(...)):  # type: ignore[valid-type]
         try:
             return actions.keep_copy(the_state(), _dump(body))
@@ -252,6 +256,7 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
     routes = (("hypernetworks", list_hypernetworks, "GET"), ("refresh", refresh, "POST"), ("create", create, "POST"),
               ("train", train, "POST"), ("train/status", train_status, "GET"),
               ("train/interrupt", train_interrupt, "POST"), ("runs", runs, "GET"), ("compare", compare, "POST"),
+              ("compare/interrupt", compare_interrupt, "POST"),
               ("keep", keep, "POST"))
     for path, endpoint, method in routes:
         app.add_api_route(f"{PREFIX}/{path}", endpoint, methods=[method], dependencies=dependencies)

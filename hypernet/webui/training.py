@@ -59,6 +59,16 @@ class WebuiRuntime:
         ws.textinfo = f"hypernet {name}: step {report.step}/{report.total}, loss {report.loss:.5f}"
         return bool(getattr(ws, "interrupted", False))
 
+    def cells(self, done: int, total: int) -> bool:
+        """A comparison's images done of total in the webui's progress; True when its Interrupt or Skip (or
+        /sdapi/v1/interrupt) was pressed, as the X/Y/Z plot stops between its cells."""
+        ws = self._webui_state
+        if ws is None:
+            return False
+        ws.job_count, ws.job_no = total, done
+        ws.textinfo = f"hypernet compare: image {done}/{total}"
+        return any(bool(getattr(ws, flag, False)) for flag in ("interrupted", "skipped", "stopping_generation"))
+
     def failed(self, message: str) -> None:
         """Report the exception being handled the way the webui prints its own."""
         messages.report_error(message)
