@@ -160,7 +160,7 @@ class Studio:
     # ------------------------------------------------------------------------------------------ cards
     def cards_html(self) -> str:
         """Every file in the folder as a card: name, widths, step, size and whether it fits the pipeline."""
-        from .ui.cards import card_facts
+        from .ui.cards import card_facts, face_warning
         self.state.library.refresh()
         entries = self.state.entries()
         if not entries:
@@ -169,10 +169,11 @@ class Studio:
         for entry in entries:
             name = self.state.card_name(entry, entries)
             facts = card_facts(self.state, entry, self.pipe.unet)
+            warning = face_warning(facts)
             if facts.get("error"):
-                detail = f"cannot be read: {facts['error']}"
+                detail = warning
             else:
-                fit = "fits this model" if facts.get("fits") else (facts.get("fit_note") or "does not fit")
+                fit = warning or "fits this model"
                 detail = (f"widths {', '.join(map(str, facts['dims']))} · step {facts['step']} · "
                           f"{facts['parameters']:,} parameters · {entry.format} · {fit}")
             cards.append(f"<div class='hypernet-card' data-name='{html.escape(name)}' style='border:1px solid #888;"

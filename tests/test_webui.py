@@ -211,6 +211,8 @@ def test_sd1_file_on_sdxl_warns_that_it_only_reaches_self_attention(webui, sdxl_
     assert "'sd1style'" in processed.comments and "'style'" not in processed.comments   # the name the tag wrote
     assert any("only reaches self-attention" in m for m in hypernet_logs(caplog))
     assert not torch.equal(processed.outputs[0], base)   # applied all the same, as the webui does
+    card = webui.ui_extra_networks.extra_pages[1].create_item("sd1style")
+    assert card["metadata"]["fits"] is False and "only reaches self-attention" in card["description"]
 
     webui.shared.opts.hypernet_warn_width_mismatch = False
     _, processed = generate(webui, "<hypernet:sd1style:1>", sdxl_unet)
@@ -553,6 +555,7 @@ def test_a_malicious_file_is_named_as_such_on_its_card_and_under_the_image(webui
         page.refresh()
         card = next(page.list_items())
     assert "may be malicious" in card["metadata"]["fit_note"] and "nothing in it ran" in card["metadata"]["error"]
+    assert "may be malicious" in card["description"]       # on the card's face, not only behind its ⓘ
     _, processed = generate(webui, "<hypernet:evil:1>", sd1_unet)
     assert "may be malicious" in processed.comments
     assert not (tmp_path / "ran").exists()

@@ -41,6 +41,16 @@ def card_facts(state: LibraryState, entry: Entry, unet) -> dict:
     }
 
 
+def face_warning(facts: dict) -> str:
+    """Why a file cannot be used, or not fully, with the loaded model, in words for a card's face ("" when it
+    fits, or no model is loaded)."""
+    if facts.get("error"):
+        return f"cannot be read: {facts['error']}"
+    if facts.get("fits") is False:
+        return facts.get("fit_note") or "does not fit the loaded model"
+    return ""
+
+
 def user_metadata(path_without_ext: str) -> dict:
     """`<stem>.json`, written by the webui's user metadata editor; {} if absent or unreadable."""
     try:

@@ -20,7 +20,7 @@ from modules import ui_extra_networks
 from modules.ui_extra_networks import quote_js
 
 from ..library import Entry
-from ..ui.cards import card_facts, user_metadata
+from ..ui.cards import card_facts, face_warning, user_metadata
 from ..ui.settings import value
 from .settings import webui_option
 from .state import HypernetState, get_state
@@ -65,8 +65,9 @@ class ExtraNetworksPageHypernetworks(ui_extra_networks.ExtraNetworksPage):
         search_terms = [self.search_terms_from_path(entry.path) or entry.relpath]
         if short:
             search_terms.append(state.sha256(entry, compute=False) or short)
-        description = (user_metadata(path).get("description") or self.find_description(path)
-                       or facts.get("notes") or "")
+        # A refused or non-fitting file says so on its face, not only behind the metadata button.
+        described = user_metadata(path).get("description") or self.find_description(path) or facts.get("notes")
+        description = " · ".join(str(text) for text in (face_warning(facts), described) if text)
         fmt = webui_option("samples_format", "png") or "png"
         return {
             "name": name,
