@@ -516,9 +516,14 @@ def _st_ref(path, name: str, info, base: int, room: int) -> TensorRef:
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if not (isinstance(shape, list) and len(shape) <= 8 and all(type(s) is int and s >= 0 for s in shape)):
         raise FileFormatError(path, f"tensor {name!r}: malformed shape {brief(shape)}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-            and 0 <= offsets[0] <= offsets[1] <= room):
-        raise FileFormatError(path, f"tensor {name!r}: its bytes {brief(offsets)} lie outside the file (truncated?)")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise FileFormatError(path, f"tensor {name!r}: malformed data_offsets {brief(offsets)}")
+    if not 0 <= offsets[0] <= offsets[1] <= room:
+        start, end = offsets
+        raise FileFormatError(path, f"tensor {name!r} (shape [{', '.join(brief(s) for s in shape)}], {info['dtype']}) "
+                                    f"claims data bytes {brief(start)} to {brief(end)}, but the file is "
+                                    f"{base + room} bytes with {room} of data after its header (truncated or "
+                                    "crafted)")
     dtype = _ST_DTYPES[info["dtype"]]
     numel = math.prod(shape)
     if offsets[1] - offsets[0] != numel * element_size(dtype):

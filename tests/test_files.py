@@ -574,3 +574,20 @@ def test_a_loaded_file_saves_again_with_torch_save(tmp_path):
     buf.seek(0)
     back = torch.load(buf, weights_only=True)
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_a_tensor_claiming_bytes_past_the_end_is_named_with_its_shape_its_bytes_and_the_files_size(tmp_path):
+    import struct
+    data = bytearray(hypernet.files.to_safetensors_bytes(hypernet.create(dims=[16], seed=0)))
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    header["16.k.linear.0.weight"]["data_offsets"] = [0, 10 ** 9]
+    text = json.dumps(header).encode()
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(data[8 + length:]))
+    with pytest.raises(hypernet.FileFormatError) as info:
+        hypernet.load(path)
+    message = str(info.value)
+    size = path.stat().st_size
+    assert "'16.k.linear.0.weight' (shape [32, 16], F32)" in message and "0 to 1000000000" in message, message
+    assert f"the file is {size} bytes with {size - 8 - len(text)} of data" in message and "cut.safetensors" in message

@@ -142,7 +142,8 @@ def test_safetensors_header_lies_are_refused(tmp_path):
     (length,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + length])
     cases = {
-        "past the end": lambda h: h["16.k.linear.0.weight"].__setitem__("data_offsets", [0, 10 ** 9]),
+        "claims data bytes 0 to 1000000000": lambda h: h["16.k.linear.0.weight"].__setitem__("data_offsets",
+                                                                                               [0, 10 ** 9]),
         "needs": lambda h: h["16.k.linear.0.weight"].__setitem__("shape", [32, 17]),
         "share bytes": lambda h: h["16.v.linear.0.weight"].__setitem__(
             "data_offsets", h["16.k.linear.0.weight"]["data_offsets"]),
@@ -155,7 +156,7 @@ def test_safetensors_header_lies_are_refused(tmp_path):
         path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(data[8 + length:]))
         with pytest.raises(FileFormatError) as info:
             hypernet.load(path)
-        assert words.split()[-1] in str(info.value) or "outside the file" in str(info.value), str(info.value)
+        assert words.split()[-1] in str(info.value), str(info.value)
 
 
 def test_a_header_longer_than_the_file_is_refused(tmp_path):
