@@ -335,6 +335,9 @@ def _cmd_demo(args) -> int:
     print(f"style shift: mean distance to the palette {demo.base_distance:.1f} without -> {demo.half_distance:.1f} "
           f"at 0.5 -> {demo.styled_distance:.1f} at 1.0 ({demo.shift:.0%} closer), content kept "
           f"{demo.content_kept:.2f}, over {demo.measure_prompts} unseen prompts, in {demo.seconds:.0f} s")
+    if demo.val_loss is not None:
+        overflow = f", {demo.overflow_steps} float16 overflow steps skipped" if demo.overflow_steps else ""
+        print(f"trained with the frozen model in {demo.dtype}: final validation loss {demo.val_loss:.5f}{overflow}")
     for row in demo.steps or []:
         val = f", validation loss {row['val_loss']:.5f}" if row["val_loss"] is not None else ""
         best = "  <- best trade-off" if row["step"] == demo.best_step else ""

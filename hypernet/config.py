@@ -516,10 +516,14 @@ class DemoOptions:
     seed: int = _opt(0, "seed for the style set, training and the comparison")
     copies: int = _opt(6, "saved copies measured along the run")
     measure_prompts: int = _opt(32, "unseen prompts each copy is measured on (style shift and content kept)")
+    dtype: str = _opt("fp32", "the frozen model's precision while training (fp16, bf16: as a half-precision host "
+                      "trains); every measure samples in fp32", choices=tuple(DTYPES))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), type(f.default)))
+        if self.dtype not in DTYPES:
+            raise ConfigError("dtype", f"unknown value {self.dtype!r}; accepted: {', '.join(DTYPES)}")
         if self.recipe not in DEMO_RECIPES:
             raise ConfigError("recipe", f"unknown value {self.recipe!r}; accepted: {', '.join(DEMO_RECIPES)}")
         for name in ("steps", "batch_size", "copies", "measure_prompts"):

@@ -190,6 +190,9 @@ class DemoResult:
     measure_prompts: int = 0
     train_seconds: float = 0.0      # the training loop, validation included
     validation_seconds: float = 0.0
+    dtype: str = "fp32"             # the frozen model's precision while training
+    val_loss: Optional[float] = None   # the final validation loss
+    overflow_steps: int = 0         # steps float16 loss scaling skipped
 
     @property
     def shift(self) -> float:
@@ -250,7 +253,7 @@ def _measure_copies(pipe, result, scenes, palette) -> dict:
 def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> DemoResult:
     """The whole demo: model, dataset, training, files, grid, and both figures for every saved copy."""
     import hypernet
-    from .config import DemoOptions
+    from .config import DTYPES, DemoOptions
     from .hosts.diffusers import DiffusersHost
     from .tiny import load_pipeline
     o = options or DemoOptions()
@@ -258,11 +261,12 @@ def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> 
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline()
-    host = DiffusersHost(pipe)
+    host = DiffusersHost(pipe, dtype=DTYPES[o.dtype])
     data_dir = Path(o.data) if o.data else make_style_dataset(out / "style-data", seed=o.seed)
     name = PALETTE_NAME if not o.data else (Path(o.data).resolve().name or "mystyle")
     palette = dataset_palette(data_dir) if o.data else PALETTE
     result = _train(host, o, data_dir, name, out, show_progress)
+    host.to(host.device, torch.float32)  # every measure samples the same float32 model
     hn = hypernet.load(result.output)
     st_path = hn.save(out / f"{name}.safetensors", overwrite=True)
     captions = {p.read_text() for p in data_dir.glob("*.txt")}
@@ -283,6 +287,7 @@ def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> 
                       str(run_dir / "loss.png"), base.distance, final.distance, half.distance,
                       time.perf_counter() - started, o.recipe, trade_off(base, final)["content_kept"],
                       best_step(rows) if rows else hn.step, rows, len(scenes), result.seconds,
-                      result.validation_seconds)
+                      result.validation_seconds, o.dtype,
+                      result.val_losses[-1][1] if result.val_losses else None, result.overflow_steps)
     atomic_write(out / "demo.json", json.dumps({**demo.__dict__, "shift": demo.shift}, indent=2).encode())
     return demo

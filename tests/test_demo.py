@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import hypernet
@@ -100,6 +101,21 @@ def test_the_webui_recipe_is_its_defaults(tmp_path):
     assert settings["options"]["learning_rate"] == "0.00001" and settings["options"]["template"] == "style_filewords"
     assert settings["options"]["resize"] == "stretch" and settings["options"]["flip"] is False
     assert hypernet.load(result.pt).config.activation == "linear" and result.recipe == "webui"
+
+
+def test_the_demo_trains_a_half_precision_model_and_measures_in_float32(tmp_path, capsys):
+    """--dtype fp16: the frozen model trains in float16 (with loss scaling), the file and every measure are as for
+    float32; demo.json records the dtype and the final validation loss."""
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--copies", "1", "--measure-prompts", "2",
+                 "--dtype", "fp16"]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "demo.json").read_text())
+    assert record["dtype"] == "fp16" and record["val_loss"] > 0 and "frozen model in fp16" in printed
+    hn = hypernet.load(record["pt"])
+    assert hn.step == 2 and all(p.dtype == torch.float32 for p in hn.parameters())
+    with pytest.raises(ConfigError) as err:
+        DemoOptions(dtype="fp64")
+    assert err.value.field == "dtype"
 
 
 def test_strength_zero_reproduces_the_base_images_exactly(trained, pipe):
