@@ -120,7 +120,8 @@ def test_the_webui_with_lowvram_on_a_gpu_is_refused_before_any_step(devices, dat
 
 # ---------------------------------------------------------------------------------------------- Forge
 @pytest.mark.parametrize("storage,compute", [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
-                                             (torch.float8_e4m3fn, torch.float16)])
+                                             (torch.float8_e4m3fn, torch.float16),
+                                             (torch.float8_e5m2, torch.bfloat16)])
 def test_forge_trains_each_storage_mode_and_the_file_applies(data_dir, tmp_path, storage, compute):
     host = make_host(forge_model(storage, compute))
     assert isinstance(host, ForgeHost) and compute_dtype(host) == compute
