@@ -43,7 +43,8 @@ def _cast_time_embed_input(module, args):
 
 
 def tiny_ldm_unet(context_dim: int = 32, *, model_channels: int = 32, channel_mult=(1, 2), num_heads: int = 2,
-                  transformer_depth: int = 1, use_linear_in_transformer: bool = False, seed: int = 0) -> nn.Module:
+                  transformer_depth: int = 1, use_linear_in_transformer: bool = False, seed: int = 0,
+                  num_classes=None) -> nn.Module:
     """The original ldm.modules.diffusionmodules.openaimodel.UNetModel, tiny (4-channel latent, 8x8 works)."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -53,7 +54,7 @@ def tiny_ldm_unet(context_dim: int = 32, *, model_channels: int = 32, channel_mu
                          num_res_blocks=1, attention_resolutions=(1, 2), channel_mult=tuple(channel_mult),
                          num_heads=num_heads, use_spatial_transformer=True, transformer_depth=transformer_depth,
                          context_dim=context_dim, use_checkpoint=False, legacy=False,
-                         use_linear_in_transformer=use_linear_in_transformer)
+                         use_linear_in_transformer=use_linear_in_transformer, num_classes=num_classes)
     _reinit_zeros(unet, seed + 1)
     unet.time_embed.register_forward_pre_hook(_cast_time_embed_input)
     return unet.eval()
@@ -252,16 +253,18 @@ class StandInLatentDiffusion(nn.Module):
     it the model runs as the webui's full precision does. As in the webui (modules/sd_hijack_unet.py apply_model),
     apply_model runs inside devices.autocast() and casts x, t and a *dict* conditioning to devices.dtype_unet, never a
     plain tensor; get_learned_conditioning returns float32, the text encoder's output times the emphasis
-    multipliers (modules/sd_hijack_clip.py)."""
+    multipliers (modules/sd_hijack_clip.py). With `sdxl`, it has the shape of the webui's SDXL model (sgm's
+    DiffusionEngine): a `conditioner`, a dict conditioning {"crossattn", "vector"}, the vector added to the timestep
+    embedding (here by ldm's "continuous" label embedding, one value wide)."""
 
-    def __init__(self, parameterization="eps", devices=None):
+    def __init__(self, parameterization="eps", devices=None, sdxl=False):
         super().__init__()
         from ldm.modules.diffusionmodules.model import Encoder
         from ldm.modules.diffusionmodules.util import make_beta_schedule
 
         from hypernet import tiny
         self.model = nn.Module()
-        self.model.diffusion_model = tiny_ldm_unet(context_dim=32)
+        self.model.diffusion_model = tiny_ldm_unet(context_dim=32, num_classes="continuous" if sdxl else None)
         self.first_stage_model = nn.Module()
         self.first_stage_model.encoder = Encoder(ch=32, out_ch=3, ch_mult=(1, 1, 1, 1), num_res_blocks=1,
                                                  attn_resolutions=(), in_channels=3, resolution=64, z_channels=4,
@@ -274,6 +277,8 @@ class StandInLatentDiffusion(nn.Module):
         self.parameterization = parameterization
         self.scale_factor = 0.18215
         self.devices = devices
+        if sdxl:
+            self.conditioner = nn.Module()   # what the webui host recognises SDXL by
 
     def _autocast(self):
         import contextlib
@@ -282,14 +287,18 @@ class StandInLatentDiffusion(nn.Module):
     def get_learned_conditioning(self, texts):
         ids = self.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         z = self.cond_stage_model(ids.input_ids)[0]
-        return z * torch.ones(z.shape[:2] + (1,), dtype=torch.float32)   # the emphasis multipliers: float32
+        z = z * torch.ones(z.shape[:2] + (1,), dtype=torch.float32)   # the emphasis multipliers: float32
+        if hasattr(self, "conditioner"):
+            return {"crossattn": z, "vector": z.float().mean(dim=(1, 2)).unsqueeze(1)}
+        return z
 
     def apply_model(self, x, t, cond):
         dtype = self.devices.dtype_unet if self.devices is not None else torch.float32
         if isinstance(cond, dict):
             cond = {k: v.to(dtype) for k, v in cond.items()}
+        extra = {"context": cond["crossattn"], "y": cond["vector"]} if isinstance(cond, dict) else {"context": cond}
         with self._autocast():
-            return self.model.diffusion_model(x.to(dtype), t.to(dtype), context=cond)
+            return self.model.diffusion_model(x.to(dtype), t.to(dtype), **extra)
 
 
 def sdp_attention(unet: nn.Module, upcast: bool = False) -> None:

@@ -28,8 +28,8 @@ def devices(tmp_path):
         yield importlib.import_module("modules.devices")
 
 
-def webui_model(devices, mode, parameterization="eps", upcast_attn=False):
-    return webui_precision(StandInLatentDiffusion(parameterization, devices=devices), mode, upcast_attn)
+def webui_model(devices, mode, parameterization="eps", upcast_attn=False, sdxl=False):
+    return webui_precision(StandInLatentDiffusion(parameterization, devices=devices, sdxl=sdxl), mode, upcast_attn)
 
 
 def forge_model(storage, compute):
@@ -89,13 +89,15 @@ def test_the_fp8_stand_in_computes_only_inside_the_webuis_autocast(devices):
 
 
 # ---------------------------------------------------------------------------------------------- the webui
-@pytest.mark.parametrize("mode,parameterization,upcast,computes", [("full", "eps", False, torch.float32),
-                                                                   ("half", "eps", False, torch.float16),
-                                                                   ("half", "v", True, torch.float16),
-                                                                   ("fp8", "eps", False, torch.bfloat16)])
+@pytest.mark.parametrize("mode,parameterization,upcast,sdxl,computes", [
+    ("full", "eps", False, False, torch.float32), ("half", "eps", False, False, torch.float16),
+    ("half", "v", True, False, torch.float16),    # SD2 (v-prediction), Upcast cross attention to float32
+    ("half", "eps", False, True, torch.float16),  # SDXL's dict conditioning
+    ("fp8", "eps", False, False, torch.bfloat16), ("fp8", "eps", False, True, torch.bfloat16)])
 def test_the_webui_trains_in_each_precision_and_the_file_applies(devices, data_dir, tmp_path, mode,
-                                                                 parameterization, upcast, computes):
-    host = WebuiHost(webui_model(devices, mode, parameterization, upcast))
+                                                                 parameterization, upcast, sdxl, computes):
+    host = WebuiHost(webui_model(devices, mode, parameterization, upcast, sdxl))
+    assert host.is_sdxl == sdxl
     assert compute_dtype(host) == computes
     result, trainer, hn = trained(host, data_dir, tmp_path)
     assert result.step == 2 and result.last_loss is not None and torch.isfinite(torch.tensor(result.last_loss))
