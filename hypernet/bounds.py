@@ -25,9 +25,9 @@ MAX_PICKLE_OBJECTS = 1 << 17      # containers, memo entries, tensors and storag
 MAX_INT_BITS = 128                # every integer a weights file holds fits (the legacy magic number has 77 bits)
 MAX_DEPTH = 64                    # nesting of pickled objects, JSON and TOML (real files: under 10)
 MAX_HEADER_BYTES = 100 << 20      # safetensors' own limit
-MAX_JSON_VALUES = 1 << 19         # values in one JSON text (an SDXL header has about 20,000)
+MAX_JSON_VALUES = 1 << 18         # values in one JSON text (an SDXL header has about 20,000)
 MAX_TENSORS = 1 << 16             # tensors in a file (SDXL: about 2,500)
-MAX_ZIP_ENTRIES = 1 << 16         # members of a torch zip file (one per storage, plus 5)
+MAX_ZIP_ENTRIES = 1 << 15         # members of a torch zip file (one per storage, plus 5; SDXL: about 2,500)
 MAX_LAYERS = 64                   # entries of a layer structure (the webui's are 3 to 6)
 MAX_WIDTHS = 64                   # widths in one hypernetwork (SDXL uses 6)
 MAX_STEP = 10 ** 9                # training steps, and a file's recorded step
@@ -109,12 +109,13 @@ _BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 
 
 def measure(raw: bytes) -> Tuple[int, int]:
-    """(values, nesting depth) of a JSON or TOML text, counted without parsing it: its commas and brackets outside
-    string literals. An upper bound on the values a parser would build."""
-    structure = _LITERALS.sub(b"", raw)
-    values = structure.count(b",") + structure.count(b"[") + structure.count(b"{") + 1
+    """(values, nesting depth) of a JSON or TOML text without parsing it. The values are an upper bound, counted on
+    the raw bytes (commas, brackets and quotes, those inside strings too) so that counting costs no memory; the
+    depth is counted on the brackets outside string literals, and only once the count is known to be small."""
+    values = max(raw.count(b",") + raw.count(b"[") + raw.count(b"{"), raw.count(b'"') // 2) + 1
     if values > MAX_JSON_VALUES:
         return values, 0                                   # refused on the count; no depth needed
+    structure = _LITERALS.sub(b"", raw)                    # at most `values` literals to cut out
     brackets = _NOT_BRACKET.sub(b"", structure).translate(_BRACKET_STEPS)
     steps = numpy.frombuffer(brackets, dtype=numpy.int8)
     return values, int(steps.cumsum(dtype=numpy.int32).max(initial=0))
@@ -150,17 +151,13 @@ def short_error(exc: BaseException, limit: int = 200) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- text files
-def read_head(path, cap: int) -> Tuple[bytes, bool]:
-    """(at most `cap` bytes of a file, whether there was more): a file is never read past what is used."""
+def read_text(path, cap: int) -> Tuple[str, bool]:
+    """(UTF-8 text of a file's first `cap` bytes, whether the file holds more): a file is never read past what is
+    used, and a character the cap cuts in two is dropped. OSError and UnicodeDecodeError are the caller's to name."""
     with open(path, "rb") as fh:
         data = fh.read(cap + 1)
-    return data[:cap], len(data) > cap
-
-
-def decode_head(data: bytes, cut: bool) -> str:
-    """UTF-8 text of a file's first bytes; a character cut by the cap is dropped, not an error."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    return decoder.decode(data, final=not cut)
+    cut = len(data) > cap
+    return codecs.getincrementaldecoder("utf-8-sig")().decode(data[:cap], final=not cut), cut
 
 
 # ---------------------------------------------------------------------------------------------- names and paths

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .bounds import brief, check_path
 from .config import CompareOptions, CreateOptions, DemoOptions
 from .errors import HypernetError
 
@@ -219,7 +220,9 @@ def _apply_config(args) -> None:
         value = getattr(args, key)
         if value is not None and (not isinstance(value, str) or (choices and value not in choices)):
             accepted = f"; accepted: {', '.join(choices)}" if choices else ""
-            raise HypernetError(f"{key}: unknown value {value!r}{accepted}")
+            raise HypernetError(f"{key}: unknown value {brief(value)}{accepted}")
+        if value is not None and key in ("model", "hypernetwork"):
+            check_path(value, key)  # before the model loads: a NUL would fail only after it
     if not args.model:
         raise HypernetError("--model: give the diffusers folder or checkpoint to train on (a flag, or model = ... "
                             "in the --config file)")

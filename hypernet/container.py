@@ -533,9 +533,9 @@ def _check_directory(path, fh) -> None:
         raise FileFormatError(path, "not a readable PyTorch file, truncated or corrupt (no zip directory)")
     entries, directory = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
     if entries > MAX_ZIP_ENTRIES or directory > MAX_ZIP_ENTRIES * _ZIP_ENTRY_BYTES:
-        raise FileFormatError(path, f"its zip directory lists {number_text(entries)} members in "
-                                    f"{number_text(directory)} bytes, more than the {MAX_ZIP_ENTRIES:,} members a "
-                                    "torch file may have; refused unread")
+        raise FileFormatError(path, f"its zip directory ({number_text(directory)} bytes, {number_text(entries)} "
+                                    f"members) is larger than that of a torch file with the most members allowed "
+                                    f"({MAX_ZIP_ENTRIES:,}); refused unread")
 
 
 def _zip_members(path, fh, size: int) -> Dict[str, Tuple[zipfile.ZipInfo, int]]:
