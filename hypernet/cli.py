@@ -378,7 +378,8 @@ def _cmd_ui(args) -> int:
     print(f"hypernet ui on http://{args.host}:{args.port} (Ctrl-C stops it)")
     serve(args.model, args.hypernetworks, args.log_dir, host=args.host, port=args.port, open_browser=args.open,
           allow_any_path=args.allow_any_path, kind=args.model_kind or "auto",
-          prediction_type=args.prediction_type or "auto")
+          prediction_type=args.prediction_type or "auto",
+          allowed_hosts=[n for n in (args.allowed_hosts or "").split(",") if n.strip()], expose=args.expose)
     return 0
 
 
@@ -443,7 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hypernetworks", default="models/hypernetworks",
                    help="folder of hypernetwork files (default: models/hypernetworks)")
     p.add_argument("--log-dir", default="logs", help="folder for training runs (default: logs)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only; "
+                   "any other address needs --expose)")
+    p.add_argument("--allowed-hosts", default="", metavar="NAMES",
+                   help="comma-separated host names the UI also answers to (besides 127.0.0.1, localhost and --host), "
+                        "e.g. the machine's LAN name; requests sent to any other name are refused (DNS rebinding)")
+    p.add_argument("--expose", action="store_true",
+                   help="allow a --host that is not loopback: anyone who can reach it can use the UI, train, and "
+                        "read and write the hypernetwork and log folders (there is no login)")
     p.add_argument("--port", type=int, default=7861, help="port (default: 7861)")
     p.add_argument("--open", action="store_true", help="open a browser tab")
     p.add_argument("--allow-any-path", action="store_true",

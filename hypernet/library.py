@@ -1,6 +1,7 @@
 """A folder of hypernetwork files: listing, name resolution, an mtime-checked LRU cache, and hashes."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import stat
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
+from .bounds import MAX_PATH, brief
 from .errors import FileFormatError, NotFoundError
 from .files import ST_SUFFIX, load, sha256_file
 from .network import Hypernetwork
@@ -100,6 +102,7 @@ class Library:
         self._cache: "OrderedDict[str, Tuple[Tuple[int, int], Hypernetwork]]" = OrderedDict()
         self._hashes: Dict[str, Tuple[Tuple[int, int], str]] = {}
         self._lock = threading.RLock()
+        self._scans = threading.local()  # scans_left: rescans a miss may still make in this thread's generation
         self.refresh()
 
     # ------------------------------------------------------------------------------------------ listing
@@ -156,11 +159,35 @@ class Library:
         """One entry per network, in listing order (see one_per_network)."""
         return one_per_network(self._entries)
 
+    @contextlib.contextmanager
+    def one_scan(self):
+        """While it lasts (one generation), names are resolved against one listing, rescanned at most once on a
+        miss: a prompt of 10,000 unknown tags costs one folder scan, not 10,000. Nested uses share the outer one."""
+        outer = getattr(self._scans, "left", None)
+        if outer is None:
+            self._scans.left = 1
+        try:
+            yield self
+        finally:
+            if outer is None:
+                del self._scans.left
+
+    def _rescan(self) -> None:
+        """Rescan after a miss, unless this generation has rescanned already."""
+        left = getattr(self._scans, "left", None)
+        if left == 0:
+            return
+        if left is not None:
+            self._scans.left = left - 1
+        self.refresh()
+
     def resolve(self, name: str) -> Entry:
         """The one entry called `name`: exact match first, then case-insensitive; NotFoundError otherwise."""
+        if len(name) > MAX_PATH or "\x00" in name:  # no file is called so; and close matches would cost seconds
+            raise NotFoundError(f"no hypernetwork named {brief(name, 60)} ({len(name):,} characters)")
         for attempt in range(2):
             if attempt == 0 and any(not os.path.exists(e.path) for e in self._matches(name, True)):
-                self.refresh()  # a file deleted since the last scan must not resolve
+                self._rescan()  # a file deleted since the last scan must not resolve
             for fold in (False, True):
                 found = one_per_network(self._matches(name, fold))
                 if len(found) == 1:
@@ -170,7 +197,7 @@ class Library:
                     raise NotFoundError(f"hypernetwork name {name!r} is ambiguous: {paths}; write the relative "
                                         "path instead, e.g. <hypernet:folder/name>, or rename one")
             if attempt == 0:
-                self.refresh()  # a file added since the last scan should just work
+                self._rescan()  # a file added since the last scan should just work
         close = difflib.get_close_matches(name, self.names(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         where = ", ".join(str(f) for f in self.folders)

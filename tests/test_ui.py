@@ -262,16 +262,18 @@ def test_standalone_refuses_requests_from_other_sites(studio, free_port):
 
 
 def test_same_origin_rule():
-    from hypernet.standalone import same_origin
-    assert same_origin("http://127.0.0.1:7861", "127.0.0.1", 7861)
-    assert same_origin("http://localhost:7861", "127.0.0.1", 7861)
-    assert same_origin("http://[::1]:7861", "localhost", 7861)
-    assert same_origin("http://box.lan:7861", "0.0.0.0", 7861, "box.lan:7861")   # every interface: the name used
-    assert same_origin("http://pc:80", "pc", 80) and same_origin("http://pc", "pc", 80)
-    assert not same_origin("http://localhost:7862", "127.0.0.1", 7861)
-    assert not same_origin("https://localhost:7861", "127.0.0.1", 7861)
-    assert not same_origin("http://evil.example:7861", "127.0.0.1", 7861, "evil.example:7861")  # DNS rebinding
-    assert not same_origin("null", "127.0.0.1", 7861) and not same_origin("http://x:port", "x", 7861)
+    from hypernet.standalone import same_origin, served_names
+    local, anywhere = served_names("127.0.0.1"), served_names("0.0.0.0")
+    assert same_origin("http://127.0.0.1:7861", local, 7861)
+    assert same_origin("http://localhost:7861", local, 7861)
+    assert same_origin("http://[::1]:7861", served_names("localhost"), 7861)
+    assert same_origin("http://box.lan:7861", served_names("0.0.0.0", ["box.lan"]), 7861)   # a name given to serve
+    assert not same_origin("http://box.lan:7861", anywhere, 7861)   # every interface no longer means every name
+    assert same_origin("http://pc:80", served_names("pc"), 80) and same_origin("http://pc", served_names("pc"), 80)
+    assert not same_origin("http://localhost:7862", local, 7861)
+    assert not same_origin("https://localhost:7861", local, 7861)
+    assert not same_origin("http://evil.example:7861", local, 7861)  # DNS rebinding
+    assert not same_origin("null", local, 7861) and not same_origin("http://x:port", served_names("x"), 7861)
 
 
 def test_standalone_train_tab_keeps_writes_in_its_folders(pipe, tmp_path, style_data):
