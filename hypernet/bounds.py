@@ -143,6 +143,12 @@ def parse_json(where, text, what: str, max_bytes: int = MAX_HEADER_BYTES):
         raise FileFormatError(where, f"{what} is not valid JSON ({short_error(exc)}); truncated or corrupt") from None
 
 
+def read_json(path, what: str, max_bytes: int = MAX_CONFIG_BYTES):
+    """A small JSON file (settings, user metadata) read through parse_json; OSError is the caller's to name."""
+    with open(path, "rb") as fh:
+        return parse_json(path, fh.read(max_bytes + 1), what, max_bytes)
+
+
 def short_error(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message, cut to `limit` characters."""
     lines = str(exc).strip().splitlines()

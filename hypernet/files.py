@@ -287,7 +287,7 @@ def _prepare_state(sd, path, dim: int, which: str) -> dict:
         if not isinstance(key, str) or not isinstance(value, TensorRef):
             raise FileFormatError(path, f"width {dim} ({which}): entry {brief(key)} is not a named tensor")
         if not value.is_floating_point():
-            raise FileFormatError(path, f"width {dim} ({which}): {key} has dtype {value.dtype}, expected floats")
+            raise FileFormatError(path, f"width {dim} ({which}): {brief(key)} has dtype {value.dtype}, expected floats")
         out[_NAI_RENAMES.get(key, key)] = value
     return out
 

@@ -1,6 +1,5 @@
 """Hostile inputs, round two: each class of issue 21 built here from raw bytes, and refused with an error that names
 the file or field. Files come from tests/crafted.py; none is read from outside the suite."""
-import collections
 import io
 import json
 import os
