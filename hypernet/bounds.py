@@ -31,6 +31,7 @@ MAX_ZIP_ENTRIES = 1 << 15         # members of a torch zip file (one per storage
 MAX_LAYERS = 64                   # entries of a layer structure (the webui's are 3 to 6)
 MAX_WIDTHS = 64                   # widths in one hypernetwork (SDXL uses 6)
 MAX_STEP = 10 ** 9                # training steps, and a file's recorded step
+MAX_LIST_ENTRIES = 1000           # a schedule's entries, a comparison's strengths
 # Inputs.
 MAX_CONFIG_BYTES = 1 << 20        # a --config file
 MAX_CAPTION_BYTES = 64 << 10      # a caption file: CLIP reads 77 tokens, a few hundred bytes
@@ -70,7 +71,7 @@ def brief(value, limit: int = 80) -> str:
     elif isinstance(value, (list, tuple, dict, set, frozenset)):
         text = f"a {type(value).__name__} of {len(value):,} items"
     else:
-        text = f"a {type(value).__name__}"
+        text = getattr(value, "brief_text", None) or f"a {type(value).__name__}"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -103,7 +104,8 @@ def whole_number(value, field: str, low: int, high: int) -> int:
 # ---------------------------------------------------------------------------------------------- JSON and TOML
 # String literals of JSON and TOML (basic, literal, multi-line) and TOML comments: what holds brackets that are not
 # structure. Each alternative fails within a line, or once at the end of the text, so the scan stays linear.
-_LITERALS = re.compile(rb'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*')
+# Possessive runs (*+, ++): the regex engine keeps no backtracking state per character of a megabyte-long string.
+_LITERALS = re.compile(rb'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]++|\\.)*+"|\'[^\'\n]*+\'|#[^\n]*+')
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
 _BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 

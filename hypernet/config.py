@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import torch
 
-from .bounds import MAX_LAYERS, MAX_SIZE, MAX_STEP, MAX_WIDTHS, MIN_SIZE, brief, check_name, check_path, whole_number
+from .bounds import MAX_LAYERS, MAX_LIST_ENTRIES, MAX_SIZE, MAX_STEP, MAX_WIDTHS, MIN_SIZE, brief, check_name, check_path, whole_number
 from .errors import ConfigError
 
 _BASE_ACTIVATIONS = {
@@ -486,6 +486,8 @@ class CompareOptions:
     def strength_list(self) -> list:
         """The strengths as floats, each checked as a tag's strength is."""
         from .tags import TagError, strength_value
+        if self.strengths.count(",") >= MAX_LIST_ENTRIES:
+            raise ConfigError("strengths", f"give at most {MAX_LIST_ENTRIES:,} strengths")
         values = [v.strip() for v in self.strengths.split(",") if v.strip()]
         if not values:
             raise ConfigError("strengths", "give at least one strength, e.g. \"0, 0.5, 1\"")

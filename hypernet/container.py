@@ -180,6 +180,8 @@ class Inert:
     def __repr__(self) -> str:
         return f"<{self.name} placeholder>"
 
+    brief_text = property(__repr__)  # what bounds.brief shows for it
+
 
 # module, name -> what the placeholder may do: called once (numpy's dtype and scalar, _codecs.encode) or not at all.
 _INERT_CALLABLE = frozenset({"numpy.dtype", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
@@ -511,6 +513,9 @@ def check_budget(path, container: Container) -> None:
 
 
 def _zip_data_offset(path, fh, info: zipfile.ZipInfo, size: int) -> int:
+    if not 0 <= info.header_offset < size:  # zipfile derives it from the directory's own offsets, which may lie
+        raise FileFormatError(path, f"zip member {brief(info.filename)} starts outside the file (truncated or "
+                                    "crafted)")
     fh.seek(info.header_offset)
     raw = fh.read(_LOCAL_HEADER.size)
     if len(raw) != _LOCAL_HEADER.size or raw[:4] != _ZIP_MAGIC:

@@ -535,3 +535,42 @@ def test_peak_memory_of_a_check_stays_within_the_bound(tmp_path):
     for path in paths:
         allowed = max(64 << 20, 2 * os.path.getsize(path))
         assert peaks[path] - peaks["plain"] <= allowed, (path, peaks[path] - peaks["plain"], allowed)
+
+
+# ---------------------------------------------------------------------------------------------- found by the probe
+def test_a_zip_directory_whose_offsets_point_outside_the_file_is_refused(tmp_path):
+    data = bytearray(c.zip_pt(c.PROTO + b"}."))
+    end = data.rindex(b"PK\x05\x06")
+    struct.pack_into("<L", data, end + 16, 10 ** 9)                  # the directory "starts" 1 GB in
+    _refused_by_all(_write(tmp_path, "offset.pt", bytes(data)), "outside the file")
+
+
+def test_a_megabyte_string_in_a_header_is_measured_without_backtracking_state():
+    import tracemalloc
+    raw = b'{"a": "' + b"x" * (4 << 20) + b'\\"]", "b": [1, {"c": "[["}]}'
+    tracemalloc.start()
+    try:
+        values, depth = bounds.measure(raw)
+        assert depth == 3 and values < 20
+        assert tracemalloc.get_traced_memory()[1] < 3 * len(raw)
+    finally:
+        tracemalloc.stop()
+
+
+def test_long_lists_in_requests_are_refused_by_count():
+    from hypernet.config import CompareOptions
+    with pytest.raises(ConfigError, match="at most 1,000"):
+        TrainOptions(learning_rate=",".join(f"1e-4:{i}" for i in range(1, 5000)))
+    with pytest.raises(ConfigError, match="at most 1,000"):
+        CompareOptions(strengths="0," * 5000)
+    with pytest.raises(ConfigError, match="more than 64"):
+        CreateOptions(dims=[16] * 100_000)
+
+
+def test_preview_prompt_numbers_are_range_checked():
+    from hypernet.sample_prompts import parse_line
+    for line, words in (("a --w 1000000000", "at most 8,192"), ("a --s 1e400", "whole number"),
+                        ("a --l 1e999", "finite"), ("a --d " + "9" * 30, "(30 digits)")):
+        with pytest.raises(ConfigError) as info:
+            parse_line(line, "p.txt:1")
+        assert "p.txt:1" in str(info.value) and words in str(info.value), str(info.value)
