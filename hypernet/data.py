@@ -148,7 +148,10 @@ def _read_bytes(path, cap: int = MAX_IMAGE_FILE_BYTES) -> bytes:
 def decode_image(data: bytes, name) -> Tuple[Image.Image, Optional[np.ndarray]]:
     """Encoded image bytes as (upright RGB image, alpha or None); `name` is only used in error messages."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():  # Pillow's bomb warning: our own, lower cap below refuses those images
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
             _check_decoded_size(img, name)
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
@@ -161,19 +164,25 @@ def decode_image(data: bytes, name) -> Tuple[Image.Image, Optional[np.ndarray]]:
                                  "or remove it from the folder") from None
 
 
-def decoded_bytes(size: Tuple[int, int], mode: str) -> int:
-    """The memory an image of this size and Pillow mode takes once decoded and converted here: its own pixels,
-    the wide modes' working copy (to_rgb reads them as float32) and the RGB and alpha arrays made from them."""
+def decoded_bytes(size: Tuple[int, int], mode: str, transparent: bool = False) -> int:
+    """The memory an image of this size and Pillow mode takes at once while decoded and converted by to_rgb: its
+    own pixels twice (an EXIF rotation copies them), then what the conversion makes (RGB; with alpha also RGBA and
+    a float32 alpha; wide modes a float32 working copy and its 8-bit result)."""
     own = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}.get(mode, 4)
-    wide = 8 if mode in _SIXTEEN_BIT or mode == "F" else 0
-    return size[0] * size[1] * (own + wide + 3 + 4 + 4)  # + RGB, RGBA and a float32 alpha at worst
+    if mode in _SIXTEEN_BIT or mode == "F":
+        made = 4 + 1 + 3
+    elif mode in _WITH_ALPHA or transparent:
+        made = 4 + 3 + 4 + 1
+    else:
+        made = 3
+    return size[0] * size[1] * (2 * own + made)
 
 
 def _check_decoded_size(img: Image.Image, name) -> None:
     """DatasetError (the image is skipped with a warning) when decoding it would take more than MAX_DECODED_BYTES,
     checked from the header before a pixel is decoded; Pillow's own pixel limit lets a 16-bit image four times
     larger through."""
-    need = decoded_bytes(img.size, img.mode)
+    need = decoded_bytes(img.size, img.mode, "transparency" in img.info)
     if need > MAX_DECODED_BYTES:
         raise DatasetError(name, f"is {img.size[0]}x{img.size[1]} ({img.mode}); decoding it would take about "
                                  f"{need / 2**20:,.0f} MiB, over the {MAX_DECODED_BYTES / 2**20:,.0f} MiB limit for one "

@@ -18,7 +18,7 @@ from typing import List
 from modules import extra_networks
 
 from ..errors import HypernetError, NotFoundError, TagError
-from ..tags import drop_empty, parse_args
+from ..tags import drop_empty, parse_args, shown
 from . import messages
 from .infotext import HASHES_FIELD, infotext_name
 from ..ui.settings import value
@@ -51,7 +51,7 @@ class ExtraNetworkHypernet(extra_networks.ExtraNetwork):
         with state.library.one_scan():  # one folder listing for every tag of this generation
             for params in params_list:
                 items = [str(item) for item in (params.items or [])]
-                tag = f"<hypernet:{':'.join(items)}>"
+                tag = shown(f"<hypernet:{':'.join(items)}>")
                 try:
                     name, strength = parse_args(items, tag)
                 except TagError as exc:
