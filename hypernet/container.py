@@ -206,6 +206,7 @@ class Budget:
         self.ops = 0
         self.objects = 0
         self.storages = 0
+        self.tensors = 0
 
     def op(self) -> None:
         self.ops += 1
@@ -222,6 +223,11 @@ class Budget:
         self.storages += 1
         if self.storages > MAX_TENSORS:
             raise _Exhausted(f"it declares more than {MAX_TENSORS:,} storages")
+
+    def tensor(self) -> None:
+        self.tensors += 1
+        if self.tensors > MAX_TENSORS:
+            raise _Exhausted(f"it describes more than {MAX_TENSORS:,} tensors")
 
 
 def _small_int(value: int) -> int:
@@ -272,7 +278,7 @@ _REFUSED_OPCODES = {"INST": pickle.INST, "OBJ": pickle.OBJ, "NEWOBJ": pickle.NEW
                     "EXT1": pickle.EXT1, "EXT2": pickle.EXT2, "EXT4": pickle.EXT4}
 # Instructions that make a container, a memo entry or an object: each counts against Budget.build.
 _BUILDING = (pickle.EMPTY_LIST, pickle.EMPTY_DICT, pickle.EMPTY_SET, pickle.LIST, pickle.DICT, pickle.TUPLE,
-             pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET, pickle.REDUCE, pickle.PERSID,
+             pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.FROZENSET, pickle.PERSID,
              pickle.BINPERSID, pickle.PUT, pickle.BINPUT, pickle.LONG_BINPUT, pickle.MEMOIZE)
 _INTEGERS = (pickle.INT, pickle.LONG, pickle.LONG1)
 
@@ -346,6 +352,15 @@ class _Unpickler(pickle._Unpickler):  # the Python implementation: its opcode ta
         self.append(_small_int(pickle.decode_long(self.read(n))))
 
     dispatch[pickle.LONG4[0]] = load_long4
+
+    def load_reduce(self):
+        """A call (what REDUCE does): counted as an object built, and a tensor description also as a tensor."""
+        self.budget.build()
+        if self.stack[-2] is _rebuild_tensor:
+            self.budget.tensor()
+        pickle._Unpickler.load_reduce(self)
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
 
     def load_build(self):
         state = self.stack.pop()

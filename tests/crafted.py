@@ -135,3 +135,13 @@ def legacy_storages(count: int) -> bytes:
     for i in range(count):  # MARK, ("storage", FloatStorage, key, "cpu", 1) as a tuple, BINPERSID, APPEND
         ops += [b"(", get(1), get(2), text(str(i)), text("cpu"), b"K\x01", b"t", b"Q", b"a"]
     return legacy_pt(b"".join(ops) + b".")
+
+
+def many_views(count: int) -> bytes:
+    """A zip file whose object is a list of `count` views of one 4-float storage, each built from memoized
+    arguments (4 instructions a view)."""
+    storage = b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0") + text("cpu") + b"K\x04tQ"
+    ops = [PROTO, b"]", b"ctorch._utils\n_rebuild_tensor_v2\n", put(1), b"(", storage, b"K\x00K\x04\x85K\x01\x85\x89)t",
+           put(2), b"0", b"0"]
+    ops += [get(1) + get(2) + b"Ra"] * count
+    return zip_pt(b"".join(ops) + b".", {"0": b"\0" * 16})

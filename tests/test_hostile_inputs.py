@@ -388,9 +388,11 @@ def test_a_zip_directory_past_the_member_cap_is_refused_before_it_is_read(tmp_pa
 
 def test_too_many_storages_or_tensors_are_refused_as_counted(tmp_path):
     path = _write(tmp_path, "storages.pt", c.legacy_storages(70_000))
-    _refused_by_all(path, "refused unread")
+    _refused_by_all(path, "more than 16,384 storages")
     path = _write(tmp_path, "tensors.safetensors", c.many_tensors_header(70_000))
     _refused_by_all(path, "values")
+    path = _write(tmp_path, "views.pt", c.many_views(200_000))
+    _refused_by_all(path, "more than 16,384 tensors")
 
 
 def test_unknown_tags_cost_one_folder_scan_per_generation(tmp_path, monkeypatch):
@@ -519,6 +521,7 @@ def test_peak_memory_of_a_check_stays_within_the_bound(tmp_path):
         "memo_legacy.pt": c.legacy_pt(c.memo_flood(16 << 20)),
         "dup.pt": c.zip_pt(c.dup_flood(16 << 20)),
         "storages.pt": c.legacy_storages(200_000),
+        "views.pt": c.many_views(200_000),
         "members.pt": c.many_zip_entries(100_000),
         "tensors.safetensors": c.many_tensors_header(1_000_000),
     }
