@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .bounds import brief, check_path
 from .config import CompareOptions, CreateOptions, DemoOptions
 from .errors import HypernetError
 
@@ -219,7 +220,9 @@ def _apply_config(args) -> None:
         value = getattr(args, key)
         if value is not None and (not isinstance(value, str) or (choices and value not in choices)):
             accepted = f"; accepted: {', '.join(choices)}" if choices else ""
-            raise HypernetError(f"{key}: unknown value {value!r}{accepted}")
+            raise HypernetError(f"{key}: unknown value {brief(value)}{accepted}")
+        if value is not None and key in ("model", "hypernetwork"):
+            check_path(value, key)  # before the model loads: a NUL would fail only after it
     if not args.model:
         raise HypernetError("--model: give the diffusers folder or checkpoint to train on (a flag, or model = ... "
                             "in the --config file)")
@@ -381,7 +384,8 @@ def _cmd_ui(args) -> int:
     print(f"hypernet ui on http://{args.host}:{args.port} (Ctrl-C stops it)")
     serve(args.model, args.hypernetworks, args.log_dir, host=args.host, port=args.port, open_browser=args.open,
           allow_any_path=args.allow_any_path, kind=args.model_kind or "auto",
-          prediction_type=args.prediction_type or "auto")
+          prediction_type=args.prediction_type or "auto",
+          allowed_hosts=[n for n in (args.allowed_hosts or "").split(",") if n.strip()], expose=args.expose)
     return 0
 
 
@@ -446,7 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hypernetworks", default="models/hypernetworks",
                    help="folder of hypernetwork files (default: models/hypernetworks)")
     p.add_argument("--log-dir", default="logs", help="folder for training runs (default: logs)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only; "
+                   "any other address needs --expose)")
+    p.add_argument("--allowed-hosts", default="", metavar="NAMES",
+                   help="comma-separated host names the UI also answers to (besides 127.0.0.1, localhost and --host), "
+                        "e.g. the machine's LAN name; requests sent to any other name are refused (DNS rebinding)")
+    p.add_argument("--expose", action="store_true",
+                   help="allow a --host that is not loopback: anyone who can reach it can use the UI, train, and "
+                        "read and write the hypernetwork and log folders (there is no login)")
     p.add_argument("--port", type=int, default=7861, help="port (default: 7861)")
     p.add_argument("--open", action="store_true", help="open a browser tab")
     p.add_argument("--allow-any-path", action="store_true",

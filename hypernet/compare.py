@@ -8,7 +8,6 @@ hypernetwork folder. Nothing here imports a UI.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import secrets
@@ -20,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
+from .bounds import read_json
 from .config import CompareOptions, CreateOptions
 from .errors import ConfigError, HypernetError
 from .files import atomic_write_with, inspect
@@ -165,8 +165,8 @@ def run_settings(run_dir: Optional[Path]) -> dict:
     if run_dir is None or not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_json(path, "settings.json")
+    except (OSError, ValueError):  # HypernetError is a ValueError: too large, too deep or not JSON
         return {}
     return data if isinstance(data, dict) else {}
 

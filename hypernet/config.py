@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import torch
 
+from .bounds import MAX_LAYERS, MAX_LIST_ENTRIES, MAX_SIZE, MAX_STEP, MAX_WIDTHS, MIN_SIZE, brief, check_name, check_path, whole_number
 from .errors import ConfigError
 
 _BASE_ACTIVATIONS = {
@@ -51,32 +52,37 @@ KNOWN_CROSS = {768: "SD1", 1024: "SD2", 2048: "SDXL"}
 # use today is 4096 wide, and the webui's default hypernetwork has 22 million parameters.
 MAX_WIDTH = 16384
 MAX_PARAMETERS = 2_000_000_000
-_BAD_NAME_CHARS = re.compile(r'[\\/:<>"|?*\x00-\x1f]')
+MAX_MULTIPLIER = 1024             # a layer structure's entry: beyond it the parameter limit is passed anyway
 
 
-def _split_numbers(value: Any, field_name: str, convert) -> list:
+def _split_numbers(value: Any, field_name: str, convert, limit: int = MAX_LAYERS) -> list:
     """Turn "1, 2, 1", [1, 2, 1] or (1, 2, 1) into a list of numbers, naming the field on failure."""
     if isinstance(value, str):
-        parts = [p for p in re.split(r"[,\s]+", value.strip()) if p]
+        parts = re.split(r"[,\s]+", value.strip(), maxsplit=limit)
+        parts = [p for p in parts if p]
     elif isinstance(value, (list, tuple)):
-        parts = list(value)
+        parts = list(value[:limit + 1])
     else:
-        raise ConfigError(field_name, f"expected a comma-separated list of numbers, got {value!r}")
+        raise ConfigError(field_name, f"expected a comma-separated list of numbers, got {brief(value)}")
+    if len(parts) > limit:
+        raise ConfigError(field_name, f"has more than {limit} entries")
     out = []
     for part in parts:
-        if isinstance(part, bool):
-            raise ConfigError(field_name, f"expected numbers, got {part!r}")
+        if isinstance(part, bool) or (isinstance(part, str) and len(part) > 40):
+            raise ConfigError(field_name, f"expected numbers, got {brief(part, 40)}")
         try:
             number = convert(part)
-        except (TypeError, ValueError):
-            raise ConfigError(field_name, f"{part!r} is not a number; write it like \"1, 2, 1\"") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(field_name, f"{brief(part)} is not a number; write it like \"1, 2, 1\"") from None
         if isinstance(number, float) and not math.isfinite(number):
-            raise ConfigError(field_name, f"{part!r} is not a finite number")
+            raise ConfigError(field_name, f"{brief(part)} is not a finite number")
         out.append(number)
     return out
 
 
 def _to_int(value) -> int:
+    if isinstance(value, int):
+        return value
     number = float(value)
     if number != int(number):
         raise ValueError(value)
@@ -140,26 +146,19 @@ class CreateOptions:
 
     @staticmethod
     def _check_name(name) -> str:
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigError("name", "must be a non-empty string")
-        name = name.strip()
-        if _BAD_NAME_CHARS.search(name):
-            raise ConfigError("name", f"{name!r} contains a character that cannot be used in a file name or a tag "
-                                      "(\\ / : < > \" | ? *); use letters, digits, spaces, '.', '_' or '-'")
-        if name in (".", "..") or name.lower() == "none":
-            raise ConfigError("name", f"{name!r} is reserved; choose another name")
-        return name
+        return check_name(name, "name")
 
     @staticmethod
     def _check_dims(dims) -> list:
         if isinstance(dims, int) and not isinstance(dims, bool):
             dims = [dims]
-        values = _split_numbers(dims, "dims", _to_int)
+        values = _split_numbers(dims, "dims", _to_int, MAX_WIDTHS)
         if not values:
             raise ConfigError("dims", f"needs at least one width, e.g. {', '.join(map(str, COMMON_DIMS))}")
         bad = [d for d in values if not 0 < d <= MAX_WIDTH]
         if bad:
-            raise ConfigError("dims", f"widths must be positive whole numbers up to {MAX_WIDTH}, got {bad[:5]}")
+            raise ConfigError("dims", f"widths must be positive whole numbers up to {MAX_WIDTH}, got "
+                                      f"{', '.join(brief(d, 30) for d in bad[:5])}")
         if len(set(values)) != len(values):
             raise ConfigError("dims", f"each width may appear once, got {values}")
         return sorted(values)
@@ -172,17 +171,18 @@ class CreateOptions:
         if values[0] != 1 or values[-1] != 1:
             raise ConfigError("layer_structure", f"must start and end with 1 (the MLP maps a width back onto itself), "
                                                  f"e.g. \"1, 2, 1\"; got {_fmt(values)}")
-        if any(v <= 0 for v in values):
-            raise ConfigError("layer_structure", f"every entry must be > 0; got {_fmt(values)}")
+        if any(not 0 < v <= MAX_MULTIPLIER for v in values):
+            raise ConfigError("layer_structure", f"every entry must be > 0 and at most {MAX_MULTIPLIER}; got "
+                                                 f"{_fmt(values)}")
         return values
 
     @staticmethod
     def _check_choice(field_name, value, choices, lower=False) -> str:
         if not isinstance(value, str):
-            raise ConfigError(field_name, f"expected a name, got {value!r}")
+            raise ConfigError(field_name, f"expected a name, got {brief(value)}")
         key = value.strip().lower() if lower else value.strip()
         if key not in choices:
-            raise ConfigError(field_name, f"unknown value {value!r}; accepted: {', '.join(choices)}")
+            raise ConfigError(field_name, f"unknown value {brief(value)}; accepted: {', '.join(choices)}")
         return key
 
     @staticmethod
@@ -193,7 +193,7 @@ class CreateOptions:
             return value.strip().lower() in ("true", "1", "yes", "on")
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise ConfigError(field_name, f"expected true or false, got {value!r}")
+        raise ConfigError(field_name, f"expected true or false, got {brief(value)}")
 
     def _check_dropout(self, dropout) -> list:
         if dropout is None or (isinstance(dropout, str) and not dropout.strip()):
@@ -387,18 +387,13 @@ class TrainOptions:
             setattr(self, f.name, _coerce(f.name, value, type(default)))
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f.name, f"unknown value {value!r}; accepted: {', '.join(choices)}")
-        positive = ("width", "height", "steps", "batch_size", "gradient_accumulation", "preview_steps",
-                    "max_nan_steps", "lr_cycles", "validation_draws")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f.name, f"unknown value {brief(value)}; accepted: {', '.join(choices)}")
         for name in ("width", "height"):
             if getattr(self, name) % 8:
                 raise ConfigError(name, f"must be a multiple of 8, got {getattr(self, name)}")
-        for name in ("save_every", "preview_every", "log_every", "lr_warmup_steps", "keep_tags",
-                     "preview_width", "preview_height", "weight_decay", "eps", "min_snr_gamma", "noise_offset",
-                     "clip_skip", "keep_last_copies", "validation_every", "validation_images"):
+        for name in PATH_FIELDS:
+            check_path(getattr(self, name), name)
+        for name in ("weight_decay", "eps", "min_snr_gamma", "noise_offset"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("tag_dropout", "caption_dropout"):
@@ -424,8 +419,9 @@ class TrainOptions:
         return dataclasses.asdict(self)
 
 
-def _coerce(name: str, value, kind):
-    """Accept the string forms UIs and APIs send, and refuse anything else with the field named."""
+def _coerce(name: str, value, kind, limits: Optional[dict] = None):
+    """Accept the string forms UIs and APIs send, and refuse anything else with the field named; a whole number
+    is range-checked (INT_LIMITS) before anything uses it."""
     if kind is bool:
         return CreateOptions._check_bool(name, value)
     if kind is str:
@@ -433,21 +429,30 @@ def _coerce(name: str, value, kind):
                 "learning_rate", "clip_grad_value"):
             return repr(float(value))  # the API may send a number
         if not isinstance(value, str):
-            raise ConfigError(name, f"expected text, got {value!r}")
+            raise ConfigError(name, f"expected text, got {brief(value)}")
         return value
+    if kind is int:
+        return whole_number(value, name, *(limits or INT_LIMITS).get(name, (0, MAX_STEP)))
     try:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, str) and len(value) > 40):
             raise ValueError
         number = float(value)
-        if kind is int:
-            if number != int(number):
-                raise ValueError
-            return int(number)
         if not math.isfinite(number):
             raise ValueError
         return number
-    except (TypeError, ValueError):
-        raise ConfigError(name, f"expected {'a whole number' if kind is int else 'a number'}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(name, f"expected a number, got {brief(value)}") from None
+
+
+# Whole-number options whose range is not the default 0..10**9; each value is checked against its range before
+# anything uses it (a width of 10**9 would allocate before failing, a step count of 10**4000 overflow).
+INT_LIMITS = {"width": (MIN_SIZE, MAX_SIZE), "height": (MIN_SIZE, MAX_SIZE), "preview_width": (0, MAX_SIZE),
+              "preview_height": (0, MAX_SIZE), "seed": (-1, 2 ** 63 - 1), "preview_seed": (-1, 2 ** 63 - 1),
+              **{name: (1, MAX_STEP) for name in ("steps", "batch_size", "gradient_accumulation", "preview_steps",
+                                                  "max_nan_steps", "lr_cycles", "validation_draws")}}
+COMPARE_LIMITS = {"width": (0, MAX_SIZE), "height": (0, MAX_SIZE), "steps": (1, MAX_STEP), "seed": (-1, 2 ** 63 - 1)}
+# Options that name a file or folder: checked as paths (no NUL, a sane length) with the rest.
+PATH_FIELDS = ("data", "template", "latent_cache_dir", "vae", "log_dir", "output", "preview_prompts_file")
 
 
 @dataclass
@@ -469,7 +474,7 @@ class CompareOptions:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), type(f.default)))
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), type(f.default), COMPARE_LIMITS))
         self.strength_list()
         if self.steps < 1:
             raise ConfigError("steps", f"must be at least 1, got {self.steps}")
@@ -484,6 +489,8 @@ class CompareOptions:
     def strength_list(self) -> list:
         """The strengths as floats, each checked as a tag's strength is."""
         from .tags import TagError, strength_value
+        if self.strengths.count(",") >= MAX_LIST_ENTRIES:
+            raise ConfigError("strengths", f"give at most {MAX_LIST_ENTRIES:,} strengths")
         values = [v.strip() for v in self.strengths.split(",") if v.strip()]
         if not values:
             raise ConfigError("strengths", "give at least one strength, e.g. \"0, 0.5, 1\"")

@@ -8,15 +8,20 @@ import math
 from pathlib import Path
 from typing import Iterable
 
+from .bounds import MAX_CONFIG_BYTES, check_structure, parse_json, short_error
 from .errors import HypernetError
 
 
 def _parse(path: Path) -> dict:
-    """The file's top-level table: TOML by the .toml suffix, else JSON."""
+    """The file's top-level table: TOML by the .toml suffix, else JSON; measured (size, values, nesting) before
+    either parser sees it."""
+    where = f"--config {path}"
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise HypernetError(f"--config {path}: cannot read the file ({exc.strerror or exc})") from None
+        raise HypernetError(f"{where}: cannot read the file ({exc.strerror or exc})") from None
+    check_structure(where, raw, "the file", MAX_CONFIG_BYTES)
     if path.suffix.lower() == ".toml":
         try:
             import tomllib
@@ -28,15 +33,12 @@ def _parse(path: Path) -> dict:
                                     "or write the file as JSON") from None
         try:
             data = tomllib.loads(raw.decode("utf-8-sig"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise HypernetError(f"--config {path}: not valid TOML ({exc})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise HypernetError(f"{where}: not valid TOML ({short_error(exc)})") from None
     else:
-        try:
-            data = json.loads(raw.decode("utf-8-sig"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HypernetError(f"--config {path}: not valid JSON ({exc}); name TOML files *.toml") from None
+        data = parse_json(where, raw, "the file (JSON; name TOML files *.toml)", MAX_CONFIG_BYTES)
     if not isinstance(data, dict):
-        raise HypernetError(f"--config {path}: expected a table of options, found {type(data).__name__}")
+        raise HypernetError(f"{where}: expected a table of options, found {type(data).__name__}")
     return data
 
 
@@ -62,10 +64,11 @@ def _flatten(data: dict, path: Path) -> dict:
         items = value.items() if isinstance(value, dict) else [(key, value)]
         for name, item in items:
             if isinstance(item, dict):
-                raise HypernetError(f"--config {path}: {key}.{name} is a nested table; keep tables one level deep")
+                raise HypernetError(f"--config {path}: {str(key)[:40]}.{str(name)[:40]} is a nested table; keep "
+                                    "tables one level deep")
             name = str(name).replace("-", "_")
             if name in out:
-                raise HypernetError(f"--config {path}: {name} is given twice")
+                raise HypernetError(f"--config {path}: {name[:40]} is given twice")
             out[name] = item
     return out
 
@@ -79,8 +82,8 @@ def read_config(path, known: Iterable[str]) -> dict:
     values = {k: v for k, v in _flatten(data, path).items() if v is not None}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise HypernetError(f"--config {path}: unknown option(s) {', '.join(unknown)}; see python -m hypernet "
-                            "train --help for the names")
+        raise HypernetError(f"--config {path}: unknown option(s) {', '.join(k[:40] for k in unknown[:10])}"
+                            f"{' ...' if len(unknown) > 10 else ''}; see python -m hypernet train --help for the names")
     return values
 
 

@@ -35,6 +35,7 @@ from PIL import Image, ImageOps
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from .bounds import MAX_CAPTION_BYTES, MAX_DECODED_BYTES, MAX_IMAGE_FILE_BYTES, MAX_TEXT_BYTES, read_text
 from .config import TrainOptions
 from .errors import ConfigError, HypernetError, HypernetWarning
 from .files import atomic_write
@@ -131,9 +132,13 @@ def load_image(path) -> Tuple[Image.Image, Optional[np.ndarray]]:
     return decode_image(_read_bytes(path), path)
 
 
-def _read_bytes(path) -> bytes:
-    """A file's bytes, or a DatasetError naming it."""
+def _read_bytes(path, cap: int = MAX_IMAGE_FILE_BYTES) -> bytes:
+    """A file's bytes, or a DatasetError naming it (also when it is larger than `cap`, checked before reading)."""
     try:
+        size = os.path.getsize(path)
+        if size > cap:
+            raise DatasetError(path, f"is {size:,} bytes, more than the {cap:,} an image file may have; it was not "
+                                     "read (resize it, or remove it from the folder)")
         return Path(path).read_bytes()
     except OSError as exc:
         raise DatasetError(path, f"cannot read the file ({exc.strerror or exc}); check that it exists and is "
@@ -143,14 +148,45 @@ def _read_bytes(path) -> bytes:
 def decode_image(data: bytes, name) -> Tuple[Image.Image, Optional[np.ndarray]]:
     """Encoded image bytes as (upright RGB image, alpha or None); `name` is only used in error messages."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with warnings.catch_warnings():  # Pillow's bomb warning: our own, lower cap below refuses those images
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
+            _check_decoded_size(img, name)
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
+    except DatasetError:
+        raise
     # Decoders of untrusted files fail in many ways (OSError, SyntaxError, struct.error, bomb checks, ...).
     except Exception as exc:  # noqa: BLE001
         detail = _OBJECT_REPR.sub("", str(exc)).strip()  # Pillow names the BytesIO object, not the file
         raise DatasetError(name, f"not a readable image ({type(exc).__name__}: {detail}); re-save it as PNG or JPEG, "
                                  "or remove it from the folder") from None
+
+
+def decoded_bytes(size: Tuple[int, int], mode: str, transparent: bool = False) -> int:
+    """The memory an image of this size and Pillow mode takes at once while decoded and converted by to_rgb: its
+    own pixels twice (an EXIF rotation copies them), then what the conversion makes (RGB; with alpha also RGBA and
+    a float32 alpha; wide modes a float32 working copy and its 8-bit result)."""
+    own = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}.get(mode, 4)
+    if mode in _SIXTEEN_BIT or mode == "F":
+        made = 4 + 1 + 3
+    elif mode in _WITH_ALPHA or transparent:
+        made = 4 + 3 + 4 + 1
+    else:
+        made = 3
+    return size[0] * size[1] * (2 * own + made)
+
+
+def _check_decoded_size(img: Image.Image, name) -> None:
+    """DatasetError (the image is skipped with a warning) when decoding it would take more than MAX_DECODED_BYTES,
+    checked from the header before a pixel is decoded; Pillow's own pixel limit lets a 16-bit image four times
+    larger through."""
+    need = decoded_bytes(img.size, img.mode, "transparency" in img.info)
+    if need > MAX_DECODED_BYTES:
+        raise DatasetError(name, f"is {img.size[0]}x{img.size[1]} ({img.mode}); decoding it would take about "
+                                 f"{need / 2**20:,.0f} MiB, over the {MAX_DECODED_BYTES / 2**20:,.0f} MiB limit for one "
+                                 "image; resize it, or remove it from the folder")
 
 
 _OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
@@ -168,10 +204,11 @@ def to_rgb(img: Image.Image) -> Tuple[Image.Image, Optional[np.ndarray]]:
 
 def _wide_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     """16-bit (or float) grey levels scaled into 0..255; Pillow's own convert would clip them at 255."""
-    values = np.nan_to_num(values.astype(np.float64))
+    values = np.nan_to_num(values.astype(np.float32), copy=False)  # one working copy, changed in place
     # Float images come either normalised to [0, 1] or in the 16-bit range; nothing in the file says which.
     scale = 255.0 if mode == "F" and values.max(initial=0.0) <= 1.0 else 1.0 / 257.0
-    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    values *= scale
+    return np.clip(np.rint(values, out=values), 0, 255, out=values).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- captions
@@ -185,12 +222,25 @@ def read_caption(image_path, filename_regex: str = "", filename_join: str = " ")
 
 def read_caption_file(path) -> str:
     """A caption file's text, its lines stripped and joined by spaces (the webui keeps the newlines, CLIP reads
-    them as spaces)."""
-    try:
-        text = _read_bytes(path).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DatasetError(path, "is not UTF-8 text; save the caption as UTF-8") from None
+    them as spaces); only its first MAX_CAPTION_BYTES are read, with a warning naming it when it holds more."""
+    text = read_text_file(path, MAX_CAPTION_BYTES, "caption")
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def read_text_file(path, cap: int, what: str) -> str:
+    """A text input's first `cap` bytes (a caption, a template, a prompts file), with a HypernetWarning naming the
+    file when it holds more, or a DatasetError naming it when it cannot be read as UTF-8 text."""
+    try:
+        text, cut = read_text(path, cap)
+    except UnicodeDecodeError:
+        raise DatasetError(path, f"is not UTF-8 text; save the {what} as UTF-8") from None
+    except OSError as exc:
+        raise DatasetError(path, f"cannot read the {what} ({exc.strerror or exc}); check that it exists and is "
+                                 "readable") from None
+    if cut:
+        warnings.warn(f"{path}: the {what} is longer than {cap:,} bytes; only its first {cap:,} bytes are used",
+                      HypernetWarning, stacklevel=3)
+    return text
 
 
 def caption_from_filename(stem: str, filename_regex: str = "", filename_join: str = " ") -> str:
@@ -221,10 +271,7 @@ def template_names() -> List[str]:
 def load_template(name_or_path) -> List[str]:
     """The non-empty lines of a shipped template (by name) or of a .txt file of prompts."""
     path = _template_path(str(name_or_path or "").strip())
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(path, f"cannot read the template ({exc}); save it as UTF-8 text") from None
+    text = read_text_file(path, MAX_TEXT_BYTES, "template")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise DatasetError(path, "has no prompt lines; write one prompt per line, with [filewords] for the caption "

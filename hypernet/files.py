@@ -22,9 +22,9 @@ import numpy
 import torch
 
 from . import compat
+from .bounds import MAX_LAYERS, MAX_STEP, MAX_WIDTHS, brief, parse_json
 from .config import ACTIVATIONS, MAX_WIDTH, WEIGHT_INITS, CreateOptions, parse_dropout_structure
-from .container import (Reader, TensorRef, brief, load_object, parse_json, read as read_container,
-                        webui_refusal)
+from .container import Reader, TensorRef, load_object, read as read_container, webui_refusal
 from .errors import ConfigError, FileFormatError, HypernetError
 from .network import Hypernetwork
 
@@ -35,6 +35,8 @@ SAFETENSORS_FORMAT_VERSION = "1"
 # Zip members every torch since 1.6 reads, and the only ones every webui release's restricted loader accepts.
 _KEEP_MEMBER = re.compile(r"^([^/]+)/((data/\d+)|version|(data\.pkl))$")
 _ALIGN = 64
+# An optimizer keeps a few fp32 values per weight (Adam two, Prodigy four); a file may hold its weights in fp16.
+_MAX_OPTIM_FACTOR = 16
 _NAI_RENAMES = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias",
                 "linear2.weight": "linear.1.weight", "linear2.bias": "linear.1.bias"}
 
@@ -239,6 +241,9 @@ def _type_names(types) -> str:
 
 def _numbers(meta: dict, key: str, default, path):
     value = _meta_get(meta, key, default, (list, tuple), path)
+    if value is not None and len(value) > MAX_LAYERS:
+        raise FileFormatError(path, f"metadata {key!r} has {len(value):,} entries, more than the {MAX_LAYERS} a layer "
+                                    "structure may have; the file is crafted or corrupt")
     if value is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise FileFormatError(path, f"metadata {key!r} should be a list of numbers, found {brief(value)}")
     return value
@@ -282,7 +287,7 @@ def _prepare_state(sd, path, dim: int, which: str) -> dict:
         if not isinstance(key, str) or not isinstance(value, TensorRef):
             raise FileFormatError(path, f"width {dim} ({which}): entry {brief(key)} is not a named tensor")
         if not value.is_floating_point():
-            raise FileFormatError(path, f"width {dim} ({which}): {key} has dtype {value.dtype}, expected floats")
+            raise FileFormatError(path, f"width {dim} ({which}): {brief(key)} has dtype {value.dtype}, expected floats")
         out[_NAI_RENAMES.get(key, key)] = value
     return out
 
@@ -371,14 +376,21 @@ def hypernetwork_from_state(obj, path, reader: Optional[Reader] = None, limit: O
         raise FileFormatError(path, "holds no hypernetwork layers (no integer width keys)." + _what_is_it(obj))
     bad = [k for k in layers if not 0 < k <= MAX_WIDTH]
     if bad:
-        raise FileFormatError(path, f"invalid layer width(s) {bad[:5]}; widths are 1 to {MAX_WIDTH}")
+        raise FileFormatError(path, f"invalid layer width(s) {', '.join(brief(k, 30) for k in bad[:5])}; widths "
+                                    f"are 1 to {MAX_WIDTH}")
+    if len(layers) > MAX_WIDTHS:
+        raise FileFormatError(path, f"holds {len(layers):,} widths, more than the {MAX_WIDTHS} a hypernetwork may "
+                                    "have; the file is crafted or corrupt")
     meta = {k: v for k, v in obj.items() if isinstance(k, str)}
     config = config_from_metadata(meta, sorted(layers), path)
     step = _meta_get(meta, "step", 0, int, path)
+    if not 0 <= step <= MAX_STEP:
+        raise FileFormatError(path, f"metadata 'step' is {brief(step)}, outside 0 to {MAX_STEP:,}")
+    # Counted from the options, before a module is built: a crafted file must not cost the modules it describes.
+    if limit is not None and config.parameter_count() * 4 > limit:
+        raise FileFormatError(path, f"its metadata describes {config.parameter_count():,} parameters, far more than "
+                                    "the file's size can hold; the file is crafted or corrupt")
     hn = Hypernetwork(config, device="meta", init=False)
-    if limit is not None and hn.parameter_count() * 4 > limit:
-        raise FileFormatError(path, f"its metadata describes {hn.parameter_count()} parameters, far more than the "
-                                    "file's size can hold; the file is crafted or corrupt")
     states = {}
     for dim in config.dims:
         pair = layers[dim]
@@ -483,15 +495,38 @@ def load(path, *, with_optimizer: bool = False) -> Hypernetwork:
     return hn
 
 
+def _sidecar_fits(sidecar: Path, path, wanted: str) -> bool:
+    """Whether a sidecar may be parsed: no larger than an optimizer's state for the file beside it can be, and its
+    bytes hold the hash it must match (the hash is stored as text; a stale or foreign sidecar is skipped unread)."""
+    try:
+        size, own = sidecar.stat().st_size, Path(path).stat().st_size
+    except OSError:
+        return False
+    if size > _MAX_OPTIM_FACTOR * own + (1 << 20):
+        raise FileFormatError(sidecar, f"is {size:,} bytes, more than the optimizer state of a {own:,}-byte "
+                                       "hypernetwork can be; the file is crafted or belongs elsewhere; delete it")
+    digest = wanted.encode("ascii", "replace")
+    with open(sidecar, "rb") as fh:  # scanned in blocks, overlapping by the hash's length
+        tail = b""
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            if digest in tail + block:
+                return True
+            tail = block[-len(digest):]
+    return False
+
+
 def load_optimizer(path, *, expected_hash: Optional[str] = None) -> Optional[dict]:
-    """The .optim sidecar of `path` if it exists and its hash matches the file; else None."""
+    """The .optim sidecar of `path` if it exists and its hash matches the file; else None. Its size and hash are
+    checked before it is parsed."""
     sidecar = Path(optim_path(path))
     if not sidecar.exists():
+        return None
+    wanted = expected_hash or shorthash(path)
+    if not _sidecar_fits(sidecar, path, wanted):
         return None
     data = load_object(sidecar)
     if not isinstance(data, dict) or not isinstance(data.get("optimizer_state_dict"), dict):
         raise FileFormatError(sidecar, "is not an optimizer sidecar (no optimizer_state_dict)")
-    wanted = expected_hash or shorthash(path)
     if data.get("hash") != wanted:
         return None
     name = data.get("optimizer_name")

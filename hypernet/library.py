@@ -1,6 +1,7 @@
 """A folder of hypernetwork files: listing, name resolution, an mtime-checked LRU cache, and hashes."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import stat
@@ -10,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
+from .bounds import MAX_PATH, brief
 from .errors import FileFormatError, NotFoundError
 from .files import ST_SUFFIX, load, sha256_file
 from .network import Hypernetwork
 
 SUFFIXES = (".pt", ST_SUFFIX)
+HINTED_MISSES = 20  # unknown names per generation that get "did you mean" hints
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,18 @@ def one_per_network(entries: List[Entry]) -> List[Entry]:
     return out
 
 
+def _name_index(entries: List[Entry]) -> Dict[Tuple[bool, str], List[Entry]]:
+    """(folded, name) -> the entries a tag writing that name means, for each name a tag may use (the stem, the
+    relative path with and without its suffix), exactly and case-folded, in listing order."""
+    index: Dict[Tuple[bool, str], List[Entry]] = {}
+    for entry in entries:
+        names = {entry.name, os.path.splitext(entry.relpath)[0], entry.relpath}
+        for fold in (False, True):
+            for key in {n.lower() if fold else n for n in names}:
+                index.setdefault((fold, key), []).append(entry)
+    return index
+
+
 class Library:
     """Hypernetworks under one or more folders, scanned recursively; loaded files cached by path and mtime."""
 
@@ -97,9 +112,11 @@ class Library:
         self.folders = [Path(f) for f in folders]
         self.cache_size = max(0, int(cache_size))
         self._entries: List[Entry] = []
+        self._index: Dict[Tuple[bool, str], List[Entry]] = {}
         self._cache: "OrderedDict[str, Tuple[Tuple[int, int], Hypernetwork]]" = OrderedDict()
         self._hashes: Dict[str, Tuple[Tuple[int, int], str]] = {}
         self._lock = threading.RLock()
+        self._scans = threading.local()  # scans_left: rescans a miss may still make in this thread's generation
         self.refresh()
 
     # ------------------------------------------------------------------------------------------ listing
@@ -126,6 +143,7 @@ class Library:
         entries.sort(key=lambda e: e.relpath.lower())
         with self._lock:
             self._entries = entries
+            self._index = _name_index(entries)
         return list(entries)
 
     @property
@@ -143,24 +161,52 @@ class Library:
 
     # ------------------------------------------------------------------------------------------ resolving
     def _matches(self, name: str, fold: bool) -> List[Entry]:
+        """Entries whose stem, relative stem or relative path is `name` (case-folded with `fold`), in listing
+        order: one lookup in the listing's index, however many files and tags there are."""
         key = name.replace("\\", "/")
-        norm = (lambda s: s.lower()) if fold else (lambda s: s)
-        out = []
-        for e in self._entries:
-            rel_stem = os.path.splitext(e.relpath)[0]
-            if norm(e.name) == norm(key) or norm(rel_stem) == norm(key) or norm(e.relpath) == norm(key):
-                out.append(e)
-        return out
+        return list(self._index.get((fold, key.lower() if fold else key), []))
 
     def networks(self) -> List[Entry]:
         """One entry per network, in listing order (see one_per_network)."""
         return one_per_network(self._entries)
 
+    @contextlib.contextmanager
+    def one_scan(self):
+        """While it lasts (one generation), names are resolved against one listing, rescanned at most once on a
+        miss: a prompt of 10,000 unknown tags costs one folder scan, not 10,000. Nested uses share the outer one."""
+        outer = getattr(self._scans, "left", None)
+        if outer is None:
+            self._scans.left, self._scans.misses = 1, 0
+        try:
+            yield self
+        finally:
+            if outer is None:
+                del self._scans.left
+
+    def _hint(self) -> bool:
+        """Whether a miss may look for close names: outside a generation always, inside one for its first
+        HINTED_MISSES misses (difflib costs about a millisecond a name)."""
+        if getattr(self._scans, "left", None) is None:
+            return True
+        self._scans.misses += 1
+        return self._scans.misses <= HINTED_MISSES
+
+    def _rescan(self) -> None:
+        """Rescan after a miss, unless this generation has rescanned already."""
+        left = getattr(self._scans, "left", None)
+        if left == 0:
+            return
+        if left is not None:
+            self._scans.left = left - 1
+        self.refresh()
+
     def resolve(self, name: str) -> Entry:
         """The one entry called `name`: exact match first, then case-insensitive; NotFoundError otherwise."""
+        if len(name) > MAX_PATH or "\x00" in name:  # no file is called so; and close matches would cost seconds
+            raise NotFoundError(f"no hypernetwork named {brief(name, 60)} ({len(name):,} characters)")
         for attempt in range(2):
             if attempt == 0 and any(not os.path.exists(e.path) for e in self._matches(name, True)):
-                self.refresh()  # a file deleted since the last scan must not resolve
+                self._rescan()  # a file deleted since the last scan must not resolve
             for fold in (False, True):
                 found = one_per_network(self._matches(name, fold))
                 if len(found) == 1:
@@ -170,8 +216,8 @@ class Library:
                     raise NotFoundError(f"hypernetwork name {name!r} is ambiguous: {paths}; write the relative "
                                         "path instead, e.g. <hypernet:folder/name>, or rename one")
             if attempt == 0:
-                self.refresh()  # a file added since the last scan should just work
-        close = difflib.get_close_matches(name, self.names(), n=3)
+                self._rescan()  # a file added since the last scan should just work
+        close = difflib.get_close_matches(name, self.names(), n=3) if self._hint() else []
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         where = ", ".join(str(f) for f in self.folders)
         raise NotFoundError(f"no hypernetwork named {name!r} in {where}.{hint}")

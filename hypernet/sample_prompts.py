@@ -7,11 +7,13 @@ Lines starting with # and blank lines are skipped. An option a line leaves out t
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from .bounds import MAX_SIZE, MAX_TEXT_BYTES, brief, read_text, whole_number
 from .errors import ConfigError
 
 FIELD = "preview_prompts_file"
@@ -59,18 +61,29 @@ def _value(key: str, raw: str, where: str):
     """An option's value converted to its type, or a ConfigError naming the line."""
     if key not in _NUMBERS:
         return raw
+    if _NUMBERS[key] is int:  # range-checked before a preview allocates by it
+        try:
+            return whole_number(raw, key, *_RANGES[key])
+        except ConfigError as exc:
+            detail = str(exc).split(": ", 1)[-1]
+            raise ConfigError(FIELD, f"{where}: --{key} {brief(raw)} is not a number in range ({detail})") from None
     try:
         number = _NUMBERS[key](raw)
+        if not math.isfinite(number):
+            raise ValueError(raw)
     except ValueError:
-        raise ConfigError(FIELD, f"{where}: --{key} {raw!r} is not a number") from None
+        raise ConfigError(FIELD, f"{where}: --{key} {brief(raw)} is not a finite number") from None
     return number
+
+
+_RANGES = {"w": (8, MAX_SIZE), "h": (8, MAX_SIZE), "s": (1, 10_000), "d": (-1, 2 ** 63 - 1)}
 
 
 def read_prompts(path) -> List[SamplePrompt]:
     """Every preview a prompt file asks for, in order; ConfigError naming the file and line when one is wrong."""
     file = Path(str(path)).expanduser()
     try:
-        text = file.read_text(encoding="utf-8-sig")
+        text, _ = read_text(file, MAX_TEXT_BYTES)
     except OSError as exc:
         raise ConfigError(FIELD, f"{file}: cannot read the file ({exc.strerror or exc})") from None
     except UnicodeDecodeError:

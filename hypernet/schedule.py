@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import List, Tuple
 
+from .bounds import MAX_LIST_ENTRIES, brief
 from .errors import ConfigError
 
 
@@ -13,27 +14,30 @@ def parse_schedule(text, max_steps: int, field: str = "learning_rate") -> List[T
         text = repr(float(text))
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(field, "is empty; give a number like 0.0001 or a schedule like \"5e-5:100, 1e-5:1000, 1e-6\"")
+    if text.count(",") >= MAX_LIST_ENTRIES:
+        raise ConfigError(field, f"has {text.count(',') + 1:,} entries; a schedule may have at most "
+                                 f"{MAX_LIST_ENTRIES:,}")
     pairs = []
     previous_end = 0
     for part in (p.strip() for p in text.split(",")):
         if not part:
-            raise ConfigError(field, f"empty entry in {text!r}; separate entries with one comma")
+            raise ConfigError(field, f"empty entry in {brief(text)}; separate entries with one comma")
         rate_text, _, step_text = part.partition(":")
         try:
             rate = float(rate_text)
         except ValueError:
-            raise ConfigError(field, f"{rate_text.strip()!r} in {text!r} is not a number") from None
+            raise ConfigError(field, f"{brief(rate_text.strip())} in {brief(text)} is not a number") from None
         if not math.isfinite(rate) or rate < 0:
-            raise ConfigError(field, f"{rate_text.strip()!r} in {text!r} must be a finite number >= 0")
+            raise ConfigError(field, f"{brief(rate_text.strip())} in {brief(text)} must be a finite number >= 0")
         if step_text.strip() in ("", "-1"):
             end = max_steps
         else:
             try:
                 end = int(step_text)
             except ValueError:
-                raise ConfigError(field, f"step {step_text.strip()!r} in {text!r} is not a whole number") from None
+                raise ConfigError(field, f"step {brief(step_text.strip())} in {brief(text)} is not a whole number") from None
             if end <= previous_end:
-                raise ConfigError(field, f"steps must increase: {end} comes after {previous_end} in {text!r}")
+                raise ConfigError(field, f"steps must increase: {end} comes after {previous_end} in {brief(text)}")
         pairs.append((rate, end))
         previous_end = end
     # entries past max_steps are validated above but never reached

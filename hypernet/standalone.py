@@ -4,18 +4,23 @@ The tabs are the same code the webui extension shows (hypernet/ui/, which never 
 Generation and training share one lock, so an image is never drawn while the trainer has the UNet hooked.
 Training writes stay inside the hypernetwork and log folders unless started with allow_any_path (--allow-any-path).
 Only the UI's own pages may call it: gradio's allow-every-origin CORS middleware is replaced by SameOriginOnly, which
-answers 403 to any request (websockets included) whose Origin header names another site.
+answers 403 to any request (websockets included) whose Host header is not a name the UI serves (127.0.0.1:PORT,
+localhost:PORT, the --host name, the --allowed-hosts names: a page on another domain that resolves to 127.0.0.1, DNS
+rebinding, sends its own name) or whose Origin header names another site. Listening beyond this machine (a --host
+that is not a loopback address) needs --expose, and prints what that allows.
 """
 from __future__ import annotations
 
 import contextlib
 import html
+import ipaddress
 import os
+import sys
 import threading
 from typing import List, Optional
 from urllib.parse import urlsplit
 
-from .errors import HypernetError, TagError
+from .errors import ConfigError, HypernetError, TagError
 from .tags import format_tag, parse
 from .ui.state import Applied, LibraryState
 
@@ -26,24 +31,50 @@ ALL_INTERFACES = ("", "0.0.0.0", "::")
 
 
 class SameOriginOnly:
-    """ASGI middleware: 403 for an HTTP or websocket request whose Origin is not the UI's own address."""
+    """ASGI middleware: 403 for an HTTP or websocket request sent to a host name the UI does not serve, or whose
+    Origin is not the UI's own address."""
 
-    def __init__(self, app, host: str, port: int):
-        self.app, self.host, self.port = app, host, int(port)
+    def __init__(self, app, host: str, port: int, allowed_hosts=()):
+        self.app, self.port = app, int(port)
+        self.names = served_names(host, allowed_hosts)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket"):
             headers = dict(scope.get("headers") or [])
             origin = headers.get(b"origin")
-            if origin is not None and not same_origin(origin.decode("latin-1"), self.host, self.port,
-                                                      headers.get(b"host", b"").decode("latin-1")):
+            if not host_served(headers.get(b"host", b"").decode("latin-1"), self.names, self.port) or (
+                    origin is not None and not same_origin(origin.decode("latin-1"), self.names, self.port)):
                 return await _refuse(scope, send)
         await self.app(scope, receive, send)
 
 
-def same_origin(origin: str, host: str, port: int, host_header: str = "") -> bool:
-    """Whether a request's Origin is the UI served on host:port (localhost and 127.0.0.1 count as one; served on
-    every interface, the name the request was sent to)."""
+def served_names(host: str, allowed_hosts=()) -> frozenset:
+    """The host names the UI answers to: the loopback names, the --host name unless it is every interface, and
+    the --allowed-hosts names."""
+    names = set(LOOPBACK_NAMES)
+    if host not in ALL_INTERFACES:
+        names.add(host.strip("[]").lower())
+    names.update(name.strip().strip("[]").lower() for name in allowed_hosts if name.strip())
+    return frozenset(names)
+
+
+def _name_and_port(authority: str, default_port: int):
+    """(host name, port) of a "name:port" authority, or None when it is malformed."""
+    try:
+        parsed = urlsplit(f"//{authority.strip()}")
+        return (parsed.hostname or "").lower(), parsed.port or default_port
+    except ValueError:
+        return None
+
+
+def host_served(host_header: str, names, port: int) -> bool:
+    """Whether a request's Host header is name:port for a name the UI serves and its own port."""
+    found = _name_and_port(host_header, 80)
+    return bool(found and found[0]) and found[0] in names and found[1] == port
+
+
+def same_origin(origin: str, names, port: int) -> bool:
+    """Whether a request's Origin is the UI itself: http, its port, a name it serves."""
     try:
         parsed = urlsplit(origin.strip())
         origin_port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -51,12 +82,32 @@ def same_origin(origin: str, host: str, port: int, host_header: str = "") -> boo
         return False
     if parsed.scheme != "http" or origin_port != port or not parsed.hostname:
         return False
-    names = {host.strip("[]").lower()}
-    if names & set(LOOPBACK_NAMES + ALL_INTERFACES):
-        names |= set(LOOPBACK_NAMES)
-    if host in ALL_INTERFACES and host_header:
-        names.add(urlsplit(f"//{host_header}").hostname or "")
     return parsed.hostname.lower() in names
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` listens on this machine only."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, port: int, expose: bool) -> None:
+    """ConfigError unless `host` is loopback or `expose` is given; with it, print what listening beyond this
+    machine allows."""
+    if is_loopback(host):
+        return
+    if not expose:
+        raise ConfigError("host", f"{host} listens beyond this machine; anyone who can reach it could generate, "
+                                  "train, and read and write the hypernetwork and log folders. Add --expose to do so "
+                                  "knowingly, or use --host 127.0.0.1")
+    print(f"WARNING: hypernet ui listens on {host}:{port} with no login: anyone on the network who can reach it can "
+          "use the UI, train, and read and write files in the hypernetwork and log folders. It answers only to the "
+          "host names 127.0.0.1, localhost, --host and --allowed-hosts.", file=sys.stderr)
 
 
 async def _refuse(scope, send) -> None:
@@ -69,15 +120,15 @@ async def _refuse(scope, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def same_origin_app(app, host: str, port: int):
+def same_origin_app(app, host: str, port: int, allowed_hosts=()):
     """A gradio FastAPI app with its CORS middleware (allow every origin) replaced by SameOriginOnly."""
     app.user_middleware = [m for m in app.user_middleware if "CORS" not in getattr(m.cls, "__name__", "")]
-    app.add_middleware(SameOriginOnly, host=host, port=port)
+    app.add_middleware(SameOriginOnly, host=host, port=port, allowed_hosts=tuple(allowed_hosts))
     return app
 
 
 @contextlib.contextmanager
-def same_origin_apps(host: str, port: int):
+def same_origin_apps(host: str, port: int, allowed_hosts=()):
     """While it lasts, every app gradio creates (gradio.routes.App.create_app, what launch() serves in gradio 3
     and 4) is a same_origin_app, secured before it answers its first request."""
     from gradio import routes
@@ -85,7 +136,7 @@ def same_origin_apps(host: str, port: int):
     create = routes.App.create_app
 
     def create_app(*args, **kwargs):
-        return same_origin_app(create(*args, **kwargs), host, port)
+        return same_origin_app(create(*args, **kwargs), host, port, allowed_hosts)
 
     routes.App.create_app = staticmethod(create_app)
     try:
@@ -132,13 +183,14 @@ class Studio:
         except TagError as exc:
             return None, f"Error: {exc}"
         stack, applied, notes = [], [], []
-        for name, strength in tags:
-            try:
-                entry = self.state.resolve(name)
-                stack.append((self.state.library.load(entry), strength))
-                applied.append(Applied(name, entry, strength))
-            except HypernetError as exc:
-                notes.append(f"{format_tag(name, strength)} not applied: {exc}")
+        with self.state.library.one_scan():
+            for name, strength in tags:
+                try:
+                    entry = self.state.resolve(name)
+                    stack.append((self.state.library.load(entry), strength))
+                    applied.append(Applied(name, entry, strength))
+                except HypernetError as exc:
+                    notes.append(f"{format_tag(name, strength)} not applied: {exc}")
         width, height = int(width or self.size), int(height or self.size)
         # Waiting here would hang the page for the rest of a training run; say so instead.
         if not self.lock.acquire(blocking=False):
@@ -215,15 +267,18 @@ class Studio:
                 event.then(self._refresh_all(gr), inputs=[], outputs=refreshed)
         return blocks
 
-    def launch(self, host: str = "127.0.0.1", port: int = 7861, open_browser: bool = False, block: bool = True):
-        """Build and serve the app with a queue wide enough that progress and generation never wait on training."""
+    def launch(self, host: str = "127.0.0.1", port: int = 7861, open_browser: bool = False, block: bool = True,
+               allowed_hosts=(), expose: bool = False):
+        """Build and serve the app with a queue wide enough that progress and generation never wait on training;
+        a non-loopback `host` needs `expose`, and only the served host names are answered."""
         import gradio as gr
+        check_bind(host, port, expose)
         blocks = self.build()
         if int(gr.__version__.split(".")[0]) < 4:
             blocks.queue(concurrency_count=QUEUE_WORKERS)
         else:
             blocks.queue(default_concurrency_limit=QUEUE_WORKERS)
-        with same_origin_apps(host, port):
+        with same_origin_apps(host, port, allowed_hosts):
             blocks.launch(server_name=host, server_port=port, inbrowser=open_browser, prevent_thread_lock=True,
                           show_api=False)
         if block:
@@ -267,10 +322,12 @@ class Studio:
 
 def serve(model: Optional[str] = None, folder: str = "models/hypernetworks", log_dir: str = "logs",
           host: str = "127.0.0.1", port: int = 7861, open_browser: bool = False, block: bool = True,
-          allow_any_path: bool = False, kind: str = "auto", prediction_type: str = "auto"):
+          allow_any_path: bool = False, kind: str = "auto", prediction_type: str = "auto", allowed_hosts=(),
+          expose: bool = False):
     """Load the model (the built-in tiny one by default), build the app and serve it; returns (studio, blocks).
     `allow_any_path`: training may write outside `folder` and `log_dir`; `kind` / `prediction_type`: as
-    hosts.diffusers.load_pipeline takes them."""
+    hosts.diffusers.load_pipeline takes them; `allowed_hosts`, `expose`: as Studio.launch takes them."""
+    check_bind(host, port, expose)  # before the model loads
     if model:
         from .hosts.diffusers import load_pipeline
         pipe = load_pipeline(model, kind=kind, prediction_type=prediction_type)
@@ -278,6 +335,6 @@ def serve(model: Optional[str] = None, folder: str = "models/hypernetworks", log
         from .tiny import load_pipeline as tiny_pipeline
         pipe = tiny_pipeline()
     studio = Studio(pipe, folder, log_dir, allow_any_path=allow_any_path)
-    return studio, studio.launch(host, port, open_browser, block)
+    return studio, studio.launch(host, port, open_browser, block, allowed_hosts, expose)
 
 

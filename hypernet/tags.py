@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import List, Tuple, Union
 
+from .bounds import brief
 from .errors import TagError
 
 TAG = re.compile(r"<(\w+):([^>]+)>")  # the webui's extra-network pattern
@@ -19,6 +20,11 @@ NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # A
 Strength = Union[float, dict]
 
 
+def shown(tag: str, limit: int = 120) -> str:
+    """A tag as messages quote it: whole when short, else its start (a prompt may hold megabytes)."""
+    return tag if len(tag) <= limit else f"{tag[:limit - 20]}... ({len(tag):,} characters)>"
+
+
 def _missing_name(tag: str) -> TagError:
     """The error for a tag that names no hypernetwork."""
     return TagError(f"{tag}: missing hypernetwork name; write <hypernet:name> or <hypernet:name:0.7>")
@@ -28,11 +34,11 @@ def _number(text: str, tag: str, what: str) -> float:
     """`text` as a strength, or a TagError naming the tag, the rule and an example."""
     low, high = STRENGTH_RANGE
     if not NUMBER.fullmatch(text):
-        raise TagError(f"{tag + ': ' if tag else ''}{what} {text!r} is not a number; write plain digits such as 0.7, -1 or 1e-2, "
+        raise TagError(f"{tag + ': ' if tag else ''}{what} {brief(text)} is not a number; write plain digits such as 0.7, -1 or 1e-2, "
                        "e.g. <hypernet:name:0.7>")
     value = float(text)
     if not low <= value <= high:
-        raise TagError(f"{tag + ': ' if tag else ''}{what} {text} is outside {low:g}..{high:g}; write a number from {low:g} to {high:g}, "
+        raise TagError(f"{tag + ': ' if tag else ''}{what} {brief(text).strip(chr(39))} is outside {low:g}..{high:g}; write a number from {low:g} to {high:g}, "
                        "e.g. <hypernet:name:0.7>")
     return value
 
@@ -85,7 +91,7 @@ def parse(prompt: str) -> Tuple[str, List[Tuple[str, Strength]]]:
     def take(match: re.Match) -> str:
         if match.group(1) != NETWORK:
             return match.group(0)
-        found.append(parse_args(match.group(2).split(":"), match.group(0)))
+        found.append(parse_args(match.group(2).split(":"), shown(match.group(0))))
         return ""
 
     cleaned = TAG.sub(take, prompt)
@@ -112,7 +118,7 @@ def _rewrite(prompt: str, change) -> Tuple[str, int]:
         nonlocal count
         if match.group(1) != NETWORK:
             return match.group(0)
-        name, strength = parse_args(match.group(2).split(":"), match.group(0))
+        name, strength = parse_args(match.group(2).split(":"), shown(match.group(0)))
         name, strength = change(count, name, strength)
         count += 1
         return format_tag(name, strength)

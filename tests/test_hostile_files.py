@@ -193,7 +193,7 @@ def test_deeply_nested_pickle_values_are_not_a_crash(tmp_path):
             zout.writestr(zipfile.ZipInfo(info.filename), data)
     path = tmp_path / "deep.pt"
     path.write_bytes(out.getvalue())
-    _refused(path, "layer_structure")
+    _refused(path, "nested too deeply")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")

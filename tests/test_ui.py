@@ -263,16 +263,18 @@ def test_standalone_refuses_requests_from_other_sites(studio, free_port):
 
 
 def test_same_origin_rule():
-    from hypernet.standalone import same_origin
-    assert same_origin("http://127.0.0.1:7861", "127.0.0.1", 7861)
-    assert same_origin("http://localhost:7861", "127.0.0.1", 7861)
-    assert same_origin("http://[::1]:7861", "localhost", 7861)
-    assert same_origin("http://box.lan:7861", "0.0.0.0", 7861, "box.lan:7861")   # every interface: the name used
-    assert same_origin("http://pc:80", "pc", 80) and same_origin("http://pc", "pc", 80)
-    assert not same_origin("http://localhost:7862", "127.0.0.1", 7861)
-    assert not same_origin("https://localhost:7861", "127.0.0.1", 7861)
-    assert not same_origin("http://evil.example:7861", "127.0.0.1", 7861, "evil.example:7861")  # DNS rebinding
-    assert not same_origin("null", "127.0.0.1", 7861) and not same_origin("http://x:port", "x", 7861)
+    from hypernet.standalone import same_origin, served_names
+    local, anywhere = served_names("127.0.0.1"), served_names("0.0.0.0")
+    assert same_origin("http://127.0.0.1:7861", local, 7861)
+    assert same_origin("http://localhost:7861", local, 7861)
+    assert same_origin("http://[::1]:7861", served_names("localhost"), 7861)
+    assert same_origin("http://box.lan:7861", served_names("0.0.0.0", ["box.lan"]), 7861)   # a name given to serve
+    assert not same_origin("http://box.lan:7861", anywhere, 7861)   # every interface no longer means every name
+    assert same_origin("http://pc:80", served_names("pc"), 80) and same_origin("http://pc", served_names("pc"), 80)
+    assert not same_origin("http://localhost:7862", local, 7861)
+    assert not same_origin("https://localhost:7861", local, 7861)
+    assert not same_origin("http://evil.example:7861", local, 7861)  # DNS rebinding
+    assert not same_origin("null", local, 7861) and not same_origin("http://x:port", served_names("x"), 7861)
 
 
 def test_standalone_train_tab_keeps_writes_in_its_folders(pipe, tmp_path, style_data):
@@ -319,6 +321,59 @@ def test_ui_command_explains_a_missing_gradio(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_gradio)
     assert main(["ui"]) == 2
     assert "gradio" in capsys.readouterr().err
+
+
+def test_standalone_answers_only_the_host_names_it_serves(studio, free_port):
+    """DNS rebinding: a page on another domain that resolves to 127.0.0.1 sends its own name as Host."""
+    port = free_port()
+    blocks = studio.launch("127.0.0.1", port, block=False, allowed_hosts=["box.lan"])
+    try:
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}", "", f"box.lan:{port}x"):
+            for path in ("/config", "/", "/file=settings.json"):
+                status, _ = _request(port, path=path, Host=host)
+                assert status == 403, (host, path, status)
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"box.lan:{port}", f"BOX.lan:{port}"):
+            assert _request(port, Host=host)[0] == 200, host
+    finally:
+        blocks.close()
+
+
+def test_a_non_loopback_bind_needs_expose_and_says_what_it_allows(studio, capsys):
+    from hypernet.errors import ConfigError
+    from hypernet.standalone import check_bind
+    for host in ("0.0.0.0", "::", "192.168.1.5", "box.lan"):
+        with pytest.raises(ConfigError, match="--expose") as info:
+            studio.launch(host, 1, block=False)
+        assert info.value.field == "host"
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_bind(host, 7861, expose=False)
+    check_bind("0.0.0.0", 7861, expose=True)
+    assert "anyone on the network" in capsys.readouterr().err
+
+
+def test_one_bad_file_never_takes_the_listing_with_it(studio, tmp_path):
+    import io
+    import torch
+    from hypernet import files
+    folder = studio.state.folder()
+    hypernet.create(dims=[32], seed=0, name="good").save(f"{folder}/good.pt")
+    state = torch.load(io.BytesIO(files.to_pt_bytes(hypernet.create(dims=[32], seed=0))), weights_only=True)
+    state["step"] = 10 ** 30
+    torch.save(state, f"{folder}/huge_step.pt")
+    page = studio.cards_html()
+    assert "data-name='good'" in page and "data-name='huge_step'" in page
+    assert "cannot be read" in page and "outside 0 to 1,000,000,000" in page
+
+
+def test_a_prompt_of_many_unknown_tags_scans_the_folder_once(studio, monkeypatch):
+    from hypernet.library import Library
+    studio.state.library  # built (and scanned) before counting
+    scans = []
+    real = Library.refresh
+    monkeypatch.setattr(Library, "refresh", lambda self: scans.append(1) or real(self))
+    prompt = "x " + " ".join(f"<hypernet:missing{i}:1>" for i in range(500))
+    _, info = studio.generate(prompt, steps=1)
+    assert info.count("not applied") == 500 and len(scans) == 1
 
 
 # ---------------------------------------------------------------------------------------------- ui-config.json

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ..bounds import check_path
 from ..compat import summary
 from ..config import CreateOptions, TrainOptions
 from ..errors import ConfigError, HypernetError, NotFoundError
@@ -61,11 +62,19 @@ def _within(folder: str, path: str) -> bool:
         return False
 
 
+def path_field(value, field: str) -> str:
+    """A path from a request as text; 422 naming `field` when it holds a NUL or is too long for any file system."""
+    try:
+        return check_path(value, field)
+    except ConfigError as exc:
+        raise _config_error(exc) from None
+
+
 def confined(folder: str, path: str, field: str, what: str, allow: bool) -> str:
-    """`path` resolved (realpath; a relative one starts in `folder`); 403 naming `field` when it leaves `folder`
-    and writing elsewhere is not allowed."""
+    """`path` resolved (realpath; a relative one starts in `folder`); 422 naming `field` for a path no file system
+    holds, 403 when it leaves `folder` and writing elsewhere is not allowed."""
     base = os.path.realpath(folder)
-    resolved = os.path.realpath(os.path.join(base, str(path)))
+    resolved = os.path.realpath(os.path.join(base, path_field(path, field)))
     if allow or _within(base, resolved):
         return resolved
     raise ActionError(403, field, f"{field}: {path} is outside the {what} {base}; give a path inside it (a relative "
@@ -155,7 +164,7 @@ def _check_request(source, create_fields: dict, fields: dict) -> None:
     data = fields.get("data")
     if not data:
         raise ActionError(422, "data", "data: the folder of training images is required")
-    if not os.path.isdir(str(data)):
+    if not os.path.isdir(path_field(data, "data")):
         raise ActionError(422, "data", f"data: {data} is not a folder")
 
 
@@ -169,7 +178,7 @@ def _train_options(fields: dict) -> TrainOptions:
 def _source(state, source: str):
     """(name, path) of the file to continue; 422 if it is not in the folder."""
     try:
-        entry = state.resolve(str(source))
+        entry = state.resolve(path_field(source, "hypernetwork"))
     except NotFoundError as exc:
         raise ActionError(422, "hypernetwork", f"hypernetwork: {exc}") from None
     return entry.name, entry.path

@@ -1,9 +1,9 @@
 """What a card and the API listing say about one file: cheap facts from its header, and how it fits the model."""
 from __future__ import annotations
 
-import json
 import os
 
+from ..bounds import read_json
 from ..library import Entry
 from .state import LibraryState
 
@@ -54,10 +54,9 @@ def face_warning(facts: dict) -> str:
 def user_metadata(path_without_ext: str) -> dict:
     """`<stem>.json`, written by the webui's user metadata editor; {} if absent or unreadable."""
     try:
-        with open(path_without_ext + ".json", encoding="utf8") as fh:
-            data = json.load(fh)
+        data = read_json(path_without_ext + ".json", "user metadata")
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # HypernetError is a ValueError: too large, too deep or not JSON
         return {}
 
 

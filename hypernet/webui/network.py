@@ -18,7 +18,7 @@ from typing import List
 from modules import extra_networks
 
 from ..errors import HypernetError, NotFoundError, TagError
-from ..tags import drop_empty, parse_args
+from ..tags import drop_empty, parse_args, shown
 from . import messages
 from .infotext import HASHES_FIELD, infotext_name
 from ..ui.settings import value
@@ -48,30 +48,31 @@ class ExtraNetworkHypernet(extra_networks.ExtraNetwork):
         if not params_list and getattr(p, PENDING, None) is not None:
             problems.append(f"{STRENGTH_LABEL} (X/Y/Z plot): the prompt has no <hypernet:name> tag, so nothing was "
                             f"applied; add one, or add a {FILE_LABEL} axis")
-        for params in params_list:
-            items = [str(item) for item in (params.items or [])]
-            tag = f"<hypernet:{':'.join(items)}>"
-            try:
-                name, strength = parse_args(items, tag)
-            except TagError as exc:
-                problems.append(str(exc))
-                continue
-            strength = self._default_strength(items, strength)
-            try:
-                entry = state.resolve(name)
-                hn = state.library.load(entry)
-            except NotFoundError as exc:
-                problems.append(str(exc))
-                continue
-            except HypernetError as exc:
-                problems.append(f"{tag} not applied: {exc}")
-                continue
-            except Exception as exc:  # an unexpected failure must not stop the generation
-                messages.report_error(f"hypernet: loading {name!r} failed")
-                problems.append(f"{tag} not applied: {type(exc).__name__}: {exc}")
-                continue
-            stack.append((hn, strength))
-            applied.append(Applied(name, entry, strength))
+        with state.library.one_scan():  # one folder listing for every tag of this generation
+            for params in params_list:
+                items = [str(item) for item in (params.items or [])]
+                tag = shown(f"<hypernet:{':'.join(items)}>")
+                try:
+                    name, strength = parse_args(items, tag)
+                except TagError as exc:
+                    problems.append(str(exc))
+                    continue
+                strength = self._default_strength(items, strength)
+                try:
+                    entry = state.resolve(name)
+                    hn = state.library.load(entry)
+                except NotFoundError as exc:
+                    problems.append(str(exc))
+                    continue
+                except HypernetError as exc:
+                    problems.append(f"{tag} not applied: {exc}")
+                    continue
+                except Exception as exc:  # an unexpected failure must not stop the generation
+                    messages.report_error(f"hypernet: loading {name!r} failed")
+                    problems.append(f"{tag} not applied: {type(exc).__name__}: {exc}")
+                    continue
+                stack.append((hn, strength))
+                applied.append(Applied(name, entry, strength))
 
         unet = None
         if stack:  # never touch p.sd_model for an empty list: that call also comes while a model is loading
