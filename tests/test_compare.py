@@ -192,8 +192,8 @@ def test_the_panels_stop_button_stops_a_running_comparison(pipe, run, tmp_path, 
     values.update(prompt="a red square", strengths="0, 1", steps=2)
     message, image, _ = compare_panel.compare_click(panel, gr, str(run), *[values[n] for n in
                                                                           compare_panel.COMPARE_FIELDS],
-                                                    progress=lambda value, desc: shown.append(value))
-    assert "Stopped after 1 of 3 images" in message and image is not None and shown == [(0, 3), (1, 3)]
+                                                    progress=lambda value, desc, unit: shown.append((value, unit)))
+    assert "Stopped after 1 of 3 images" in message and image is not None and shown == [((0, 3), "images"), ((1, 3), "images")]
     assert f"Seed {values['seed']}" in message
     message, _, _ = compare_panel.compare_click(panel, gr, str(run), *[values[n] for n in
                                                                        compare_panel.COMPARE_FIELDS])

@@ -45,7 +45,8 @@ def comparison_html(result) -> str:
 def compare_click(panel: Panel, gr, run, *values, progress=None):
     """Compare button: (message HTML, grid image, choices of the copy to keep). `progress`: gradio's Progress,
     which shows images done of total."""
-    shown = None if progress is None else (lambda done, total: progress((done, total), desc="images"))
+    shown = None if progress is None else (lambda done, total: progress((done, total), desc="Comparing copies",
+                                                                        unit="images"))
     try:
         result = actions.compare_copies(panel.state, {"run": run, **_cleaned(COMPARE_FIELDS, values)}, panel.runtime,
                                         shown)
