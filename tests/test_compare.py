@@ -198,3 +198,11 @@ def test_the_panels_stop_button_stops_a_running_comparison(pipe, run, tmp_path, 
     message, _, _ = compare_panel.compare_click(panel, gr, str(run), *[values[n] for n in
                                                                        compare_panel.COMPARE_FIELDS])
     assert "Stopped" not in message                        # the next comparison starts afresh
+    actions.stop_compare(studio.state)                     # Stop pressed while the comparison waits in the queue
+    message, _, _ = compare_panel.compare_click(panel, gr, str(run), *[values[n] for n in
+                                                                       compare_panel.COMPARE_FIELDS])
+    assert "Stopped after 0 of 3 images" in message
+    actions.begin_compare(studio.state)                    # a click forgets a stop pressed while nothing ran
+    message, _, _ = compare_panel.compare_click(panel, gr, str(run), *[values[n] for n in
+                                                                       compare_panel.COMPARE_FIELDS])
+    assert "Stopped" not in message

@@ -463,6 +463,8 @@ def test_a_restart_with_the_hosts_ui_config_changes_none_of_our_fields(webui, tm
     loadsave.add_block(first, interface)
     loadsave.dump_defaults()                              # the first start writes every default
     assert _ours(first) == defaults
+    saved = json.loads(config.read_text())
+    assert f"{interface}/Grid width/value" in saved and f"{interface}/Run/value" not in saved   # runs come and go
     again = build()
     UiLoadsave(config).add_block(again, interface)        # a restart applies the file
     assert _ours(again) == defaults

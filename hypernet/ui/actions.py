@@ -260,10 +260,12 @@ def _readable(state, path, field: str) -> str:
     return confined(log_folder(state), str(path), field, "log folder", any_path_allowed(state))
 
 
-def compare_copies(state, fields: dict, runtime, progress=None):
+def compare_copies(state, fields: dict, runtime, progress=None, fresh: bool = True):
     """Render the saved copies of a run (`run`) with CompareOptions fields; the Comparison, its grid written into
     the run folder under a new name. `progress(done, total)` hears of every image; the host's Interrupt or Skip, or
-    stop_compare, stops between images and the partial grid is kept."""
+    stop_compare, stops between images and the partial grid is kept. `fresh`: forget a stop asked before this call
+    (a UI whose button queues the work clears it with begin_compare at the click instead, so a Stop pressed while
+    the comparison waits in the queue still counts)."""
     from .. import compare
     from ..config import CompareOptions
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -277,18 +279,27 @@ def compare_copies(state, fields: dict, runtime, progress=None):
         raise _config_error(exc) from None
     except HypernetError as exc:
         raise ActionError(422, "run", f"run: {exc}") from None
-    state.compare_stop.clear()
+    if fresh:
+        begin_compare(state)
 
     def cells(done: int, total: int) -> bool:
         if progress is not None:
             progress(done, total)
         return runtime.cells(done, total) or state.compare_stop.is_set()
 
-    with runtime.session("hypernet-compare"):
-        result = compare.render(runtime.host(), copies, options, cells)
+    try:
+        with runtime.session("hypernet-compare"):
+            result = compare.render(runtime.host(), copies, options, cells)
+    finally:
+        state.compare_stop.clear()  # a stop belongs to one comparison
     folder = compare.run_dir_of(copies[0].path) or Path(copies[0].path).parent
     compare.write_grid(result, compare.free_path(folder, "compare"))
     return result
+
+
+def begin_compare(state) -> None:
+    """A comparison is asked for: stops asked before it no longer count."""
+    state.compare_stop.clear()
 
 
 def stop_compare(state) -> None:

@@ -49,7 +49,7 @@ def compare_click(panel: Panel, gr, run, *values, progress=None):
                                                                         unit="images"))
     try:
         result = actions.compare_copies(panel.state, {"run": run, **_cleaned(COMPARE_FIELDS, values)}, panel.runtime,
-                                        shown)
+                                        shown, fresh=False)
     except actions.ActionError as exc:
         return _error(exc), None, gr.update()
     paths = [c.path for c in result.copies]
@@ -74,6 +74,8 @@ def build(gr, panel: Panel) -> Dict[str, object]:
             c["run"] = gr.Dropdown(choices=run_choices(panel), value=current_run(panel), label="Run", scale=4,
                                    info="a training run folder; its numbered copies become the rows",
                                    elem_id="hypernet_compare_run")
+            # The newest run at each start, not the one the host's ui-config.json saw first.
+            c["run"].do_not_save_to_config = True
             c["refresh"] = gr.Button("Refresh", scale=1, min_width=80, elem_id="hypernet_compare_refresh")
         fields = _fields(CompareOptions)
         inputs = {f.name: _input(gr, f) for f in fields if _essential(f)}
@@ -107,7 +109,10 @@ def wire(gr, panel: Panel, c: Dict[str, object]) -> None:
     def on_compare(progress=gr.Progress(), *values):  # gradio finds Progress by a leading parameter's default
         return compare_click(panel, gr, *values, progress=progress)
 
-    c["compare"].click(on_compare, inputs=[c["run"], *c["inputs"]], outputs=[c["message"], c["grid"], c["copy"]])
+    # The click clears old stops at once, outside the queue: a Stop pressed while the comparison still waits for
+    # the queue (or the model) then stops it.
+    c["compare"].click(lambda: actions.begin_compare(panel.state), inputs=[], outputs=[], queue=False).then(
+        on_compare, inputs=[c["run"], *c["inputs"]], outputs=[c["message"], c["grid"], c["copy"]])
     c["stop"].click(lambda: actions.stop_compare(panel.state), inputs=[], outputs=[], queue=False)
     c["keep"].click(functools.partial(keep_click, panel), inputs=[c["copy"], c["name"], c["overwrite"]],
                     outputs=[c["kept"]], queue=False)
