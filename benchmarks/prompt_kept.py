@@ -67,40 +67,49 @@ def run_one(out: Path, spec: str, steps: int, copies: int) -> dict:
     return json.loads(summary.read_text())
 
 
-def variants(pipe, summary: dict, draws_count: int = 2, seed: int = 0) -> dict:
-    """step -> candidate prompt-kept definitions for each saved copy of one demo run, on the trainer's draws."""
+def variants(pipe, summary: dict) -> dict:
+    """step -> candidate prompt-kept definitions for each saved copy of one demo run, on the trainer's own draws."""
     run_dir = Path(summary["loss_csv"]).parent
-    prompts = [line for line in (Path(summary["out_dir"]) / "probe-prompts.txt").read_text().splitlines() if line]
+    settings = json.loads((run_dir / "settings.json").read_text())
+    o = settings["options"]
+    prompts = probe.read_probe_prompts(o["probe_prompts_file"])
     from hypernet.hosts.diffusers import DiffusersHost
     host = DiffusersHost(pipe)
-    draws = probe.make_probe_draws((4, 8, 8), draws_count, seed, 0, 1000, host.alphas_cumprod)
+    draws = probe.make_probe_draws((4, 8, 8), o["probe_draws"], settings["seed"], o["timestep_min"],
+                                   o["timestep_max"], host.alphas_cumprod)
     cond = host.encode_prompts(prompts + [""])
+    count = len(prompts) + 1
     with torch.no_grad():
-        base = probe.probe_predictions(host.predict, draws, cond, len(prompts) + 1, 64)
+        base = probe.probe_predictions(host.predict, draws, cond, count, 64)
         out = {}
         for path in sorted((run_dir / "hypernetworks").glob("*.pt")):
             hn = hypernet.load(path)
             with hypernet.attach(pipe.unet, [(hn, 1.0)], warn=False):
-                styled = probe.probe_predictions(host.predict, draws, cond, len(prompts) + 1, 64)
-            out[hn.step] = definitions(styled, base, draws_count)
+                out[hn.step] = definitions(probe.probe_predictions(host.predict, draws, cond, count, 64), base,
+                                           o["probe_draws"])
     return out
 
 
 def definitions(styled, base, k: int) -> dict:
-    """Candidate 'prompt kept' figures from prompt-major predictions (the empty prompt last)."""
+    """Candidate 'prompt kept' figures from prompt-major predictions (the empty prompt last): the first one tried
+    (cfg_norm), the shipped one (cfg_cosine, probe.prompt_kept) and others."""
     def cfg(pred):
-        return pred[:-k] - pred[-k:].repeat(len(pred) // k - 1, 1, 1, 1)
+        return (pred[:-k] - pred[-k:].repeat(len(pred) // k - 1, 1, 1, 1)).flatten(1)
 
     def spread(pred):
-        per_prompt = pred[:-k].view(-1, k, *pred.shape[1:])
+        per_prompt = pred[:-k].view(-1, k, pred[0].numel())
         return per_prompt - per_prompt.mean(0, keepdim=True)
-    g, g0 = cfg(styled), cfg(base)
-    s, s0 = spread(styled), spread(base)
-    return {"cfg_norm": float(g.norm() / g0.norm()),
-            "cfg_projection": float((g * g0).sum() / (g0 * g0).sum()),
-            "cfg_cosine": float((g * g0).sum() / (g.norm() * g0.norm())),
-            "spread_norm": float(s.norm() / s0.norm()),
-            "spread_projection": float((s * s0).sum() / (s0 * s0).sum())}
+
+    def identified(g, g0):
+        """Share of (prompt, draw) whose direction is closest (cosine) to its own prompt's base direction."""
+        a, b = (torch.nn.functional.normalize(x.view(-1, k, x.shape[-1]).transpose(0, 1), dim=-1) for x in (g, g0))
+        return float(((a @ b.transpose(1, 2)).argmax(-1) == torch.arange(a.shape[1])).double().mean())
+
+    def cosine(a, b):
+        return float((a * b).sum() / (a.norm() * b.norm()))
+    g, g0, s, s0 = cfg(styled), cfg(base), spread(styled), spread(base)
+    return {"cfg_norm": float(g.norm() / g0.norm()), "cfg_projection": float((g * g0).sum() / (g0 * g0).sum()),
+            "cfg_cosine": cosine(g, g0), "spread_cosine": cosine(s, s0), "cfg_identified": identified(g, g0)}
 
 
 def main() -> None:

@@ -364,12 +364,12 @@ class TrainOptions:
     validation_draws: int = _opt(8, "fixed (image, noise, timestep) draws in the validation set", group="validation")
     validation_images: int = _opt(0, "images set aside for validation and never trained on (0: the draws come "
                                   "from the training images, for small folders)", group="validation")
-    probe_draws: int = _opt(2, "fixed noises each probe prompt is measured at, at step 0, every save and the end: "
+    probe_draws: int = _opt(1, "fixed noises each probe prompt is measured at, at step 0, every save and the end: "
                             "'prompt kept' (how much prompts still steer the model, 1 = as without the "
                             "hypernetwork) and 'style strength' (how far it moves the training captions' "
                             "predictions); 0 = never", group="validation")
     probe_prompts_file: str = _opt("", "a text file of probe prompts for 'prompt kept', one per line (# comments), "
-                                   "unlike your captions (empty: eight varied prompts shipped with hypernet)",
+                                   "unlike your captions (empty: sixteen varied prompts shipped with hypernet)",
                                    group="validation")
     prompt_kept_goal: float = _opt(0.9, "the suggested copy: the strongest style among copies keeping at least "
                                    "this much of the prompt (else the copy keeping most)", group="validation")
@@ -526,7 +526,7 @@ class DemoOptions:
     seed: int = _opt(0, "seed for the style set, training and the comparison")
     copies: int = _opt(6, "saved copies measured along the run")
     measure_prompts: int = _opt(128, "unseen prompts each copy is measured on (style shift and content kept)")
-    probe_prompts: int = _opt(8, "of those, how many the trainer's 'prompt kept' measure probes with")
+    probe_prompts: int = _opt(16, "of those, how many the trainer's 'prompt kept' measure probes with")
     dtype: str = _opt("fp32", "the frozen model's precision while training (fp16, bf16: as a half-precision host "
                       "trains); every measure samples in fp32", choices=tuple(DTYPES))
 

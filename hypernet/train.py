@@ -49,6 +49,15 @@ def target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alpha_ba
     return a.sqrt() * noise - (1 - a).sqrt() * x0
 
 
+def predicted_x0(prediction_type: str, pred: torch.Tensor, x_t: torch.Tensor,
+                 alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The clean latent a prediction implies: (x_t - sqrt(1 - a) * eps) / sqrt(a), or sqrt(a) * x_t - sqrt(1 - a) * v."""
+    a = alpha_bar.view(-1, *([1] * (x_t.dim() - 1)))
+    if prediction_type == "epsilon":
+        return (x_t - (1 - a).sqrt() * pred) / a.sqrt()
+    return a.sqrt() * x_t - (1 - a).sqrt() * pred
+
+
 def min_snr_weight(alpha_bar: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
     """Per-sample loss weight min(SNR, gamma) / SNR (or / (SNR + 1) for v), 1 when gamma is 0."""
     if gamma <= 0:
@@ -441,7 +450,7 @@ class Trainer:
 
     def _loss(self, x0, noise, t, prompts, weights, dropout_seed: int, predictions: Optional[list] = None):
         """Per-sample weighted MSE of the UNet's prediction on x0 noised to timesteps t (training and validation);
-        `predictions`, when given, receives the prediction (validation keeps it for the style strength)."""
+        `predictions`, when given, receives the clean latent the prediction implies (for the style strength)."""
         device = self.host.device
         alpha_bar = self.host.alphas_cumprod.to(device)[t]
         x_t = noisy_latents(x0, noise, alpha_bar)
@@ -449,7 +458,8 @@ class Trainer:
             x_t.requires_grad_(True)  # reentrant checkpoints pass gradients only when an input needs them
         pred = self._predict(x_t, t, self._conditioning(prompts), dropout_seed)
         if predictions is not None:
-            predictions.append(pred.detach().double().cpu())
+            implied = predicted_x0(self.host.prediction_type, pred.detach().double(), x_t.double(), alpha_bar.double())
+            predictions.append(implied.cpu())
         losses = per_sample_loss(pred, target(self.host.prediction_type, x0, noise, alpha_bar),
                                  None if weights is None else weights.to(device))
         return losses * min_snr_weight(alpha_bar, self.opts.min_snr_gamma, self.host.prediction_type)
@@ -495,8 +505,8 @@ class Trainer:
         return value
 
     def _score_validation(self) -> tuple:
-        """(mean loss, predictions in draw order) over the fixed validation draws; callers turn dropout and
-        gradients off (_evaluating)."""
+        """(mean loss, the clean latents the predictions imply, in draw order) over the fixed validation draws; callers
+        turn dropout and gradients off (_evaluating)."""
         device, total, predictions = self.host.device, 0.0, []
         for chunk in validation.batches(self.validation, self.opts.batch_size):
             x0 = torch.stack([d.latent for d in chunk]).to(device, torch.float32)

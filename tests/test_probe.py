@@ -37,7 +37,7 @@ def test_probe_draws_depend_only_on_the_seed():
                                                                                             alphas)
     c = probe.make_probe_draws((4, 8, 8), 3, 6, 0, 1000, alphas)
     assert torch.equal(a.x_t, b.x_t) and torch.equal(a.t, b.t) and not torch.equal(a.x_t, c.x_t)
-    assert a.t.tolist() == [166, 500, 833]
+    assert a.t.tolist() == [666, 800, 933]                            # the noisiest 40%, where the prompt decides
 
 
 def test_figures_are_exact_when_nothing_changes_and_grow_with_the_change():
@@ -45,7 +45,18 @@ def test_figures_are_exact_when_nothing_changes_and_grow_with_the_change():
     assert probe.prompt_kept(base.clone(), base, 2) == 1.0 and probe.style_strength(base.clone(), base) == 0.0
     same_picture = base[-2:].repeat(3, 1, 1, 1)                        # every prompt predicts what "" predicts
     assert probe.prompt_kept(same_picture, base, 2) == 0.0
+    swapped = torch.cat([base[2:4], base[0:2], base[4:]])              # each prompt draws the other's picture
+    assert probe.prompt_kept(swapped, base, 2) < probe.prompt_kept(base + 0.1 * torch.randn_like(base), base, 2)
+    assert probe.prompt_kept(base * 0.5, base, 2) == pytest.approx(1.0)  # guidance scales; the direction is kept
     assert probe.style_strength(base * 1.5, base) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v"])
+def test_the_implied_clean_latent_inverts_the_target(kind):
+    from hypernet.train import noisy_latents, predicted_x0, target
+    x0, noise, a = torch.randn(3, 4, 8, 8, dtype=torch.float64), torch.randn(3, 4, 8, 8, dtype=torch.float64), \
+        torch.tensor([0.9, 0.5, 0.05], dtype=torch.float64)
+    assert torch.allclose(predicted_x0(kind, target(kind, x0, noise, a), noisy_latents(x0, noise, a), a), x0)
 
 
 def test_the_suggested_copy_is_the_strongest_style_that_keeps_the_prompt():
