@@ -7,6 +7,7 @@ recomputes other candidate definitions of 'prompt kept' on the same fixed draws,
 its alternatives on the same copies.
 
 Usage: python benchmarks/prompt_kept.py --out DIR [--runs hypernet:2.5e-4 webui: ...] [--steps 300 --copies 6]
+       [--seed 0]
 A run whose DIR/<recipe>-<rate>/demo.json exists is not trained again. Nothing here is asserted.
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ def spearman(a, b) -> float:
     return cov / (sa * sb) if sa and sb else float("nan")
 
 
-def run_one(out: Path, spec: str, steps: int, copies: int) -> dict:
+def run_one(out: Path, spec: str, steps: int, copies: int, seed: int) -> dict:
     """The demo for one recipe:rate (empty rate: the recipe's), or its demo.json when already there."""
     from hypernet import demo
     from hypernet.config import DemoOptions
@@ -62,8 +63,8 @@ def run_one(out: Path, spec: str, steps: int, copies: int) -> dict:
     folder = out / f"{recipe}-{rate or 'default'}"
     summary = folder / "demo.json"
     if not summary.is_file():
-        demo.run(DemoOptions(out=str(folder), recipe=recipe, learning_rate=rate, steps=steps, copies=copies),
-                 show_progress=False)
+        demo.run(DemoOptions(out=str(folder), recipe=recipe, learning_rate=rate, steps=steps, copies=copies,
+                             seed=seed), show_progress=False)
     return json.loads(summary.read_text())
 
 
@@ -118,6 +119,8 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=list(RUNS))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--copies", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0, help="the demo's seed: another one checks the choice of "
+                        "definition on copies it was not chosen on")
     parser.add_argument("--no-variants", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -125,7 +128,7 @@ def main() -> None:
     from hypernet.tiny import load_pipeline
     pipe = None if args.no_variants else load_pipeline()
     for spec in args.runs:
-        summary = run_one(out, spec, args.steps, args.copies)
+        summary = run_one(out, spec, args.steps, args.copies, args.seed)
         extra = variants(pipe, summary) if pipe is not None else {}
         share = summary["probe_seconds"] / max(summary["train_seconds"], 1e-9)
         print(f"{spec}: suggested step {summary['suggested_step']}, best trade-off step {summary['best_step']}, "

@@ -102,7 +102,7 @@ def probe_predictions(predict: Callable, draws: ProbeDraws, cond, prompts: int, 
     for start in range(0, len(t), chunk):
         part = slice(start, start + chunk)
         piece = {key: v[part] for key, v in cond.items()} if isinstance(cond, dict) else cond[part]
-        out.append(predict(x_t[part], t[part], piece).detach().double().cpu())
+        out.append(predict(x_t[part], t[part], piece).detach().cpu().double())  # float64 where every device has it
     return torch.cat(out)
 
 

@@ -458,8 +458,9 @@ class Trainer:
             x_t.requires_grad_(True)  # reentrant checkpoints pass gradients only when an input needs them
         pred = self._predict(x_t, t, self._conditioning(prompts), dropout_seed)
         if predictions is not None:
-            implied = predicted_x0(self.host.prediction_type, pred.detach().double(), x_t.double(), alpha_bar.double())
-            predictions.append(implied.cpu())
+            # in float64 on the CPU: some devices (MPS) have no float64, and the figures are ratios of small changes
+            cpu = [v.detach().cpu().double() for v in (pred, x_t, alpha_bar)]
+            predictions.append(predicted_x0(self.host.prediction_type, *cpu))
         losses = per_sample_loss(pred, target(self.host.prediction_type, x0, noise, alpha_bar),
                                  None if weights is None else weights.to(device))
         return losses * min_snr_weight(alpha_bar, self.opts.min_snr_gamma, self.host.prediction_type)
