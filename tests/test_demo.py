@@ -113,6 +113,8 @@ def test_the_demo_trains_a_half_precision_model_and_measures_in_float32(tmp_path
     printed = capsys.readouterr().out
     record = json.loads((tmp_path / "demo.json").read_text())
     assert record["dtype"] == "fp16" and record["val_loss"] > 0 and "frozen model in fp16" in printed
+    assert record["steps"][0]["prompt_kept"] > 0 and record["suggested_step"] == 2      # measured in fp16 as well
+    assert "suggested copy (from prompt kept and style strength, no images): step 2" in printed
     hn = hypernet.load(record["pt"])
     assert hn.step == 2 and all(p.dtype == torch.float32 for p in hn.parameters())
     with pytest.raises(ConfigError) as err:
