@@ -19,9 +19,9 @@ def moving_average(values: Sequence[float], window: int) -> list:
 
 def draw_loss(steps: Sequence[int], losses: Sequence[float], path, title: str = "loss",
               size=(800, 400), validation: Optional[Tuple[Sequence[int], Sequence[float]]] = None,
-              probes: Sequence[tuple] = ()) -> None:
+              probes: Sequence[tuple] = (), suggested: Optional[int] = None) -> None:
     """Write render_loss's picture to `path` as a PNG, atomically."""
-    write_png(path, render_loss(steps, losses, title, size, validation, probes))
+    write_png(path, render_loss(steps, losses, title, size, validation, probes, suggested))
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -45,10 +45,10 @@ STYLE_COLOUR = (150, 50, 170)   # style strength
 
 def render_loss(steps: Sequence[int], losses: Sequence[float], title: str = "loss", size=(800, 400),
                 validation: Optional[Tuple[Sequence[int], Sequence[float]]] = None,
-                probes: Sequence[tuple] = ()) -> Image.Image:
+                probes: Sequence[tuple] = (), suggested: Optional[int] = None) -> Image.Image:
     """Raw losses (light) and their moving average (dark) against steps, with the validation loss (orange, dots)
-    when given as (steps, values), and prompt kept (green) and style strength (purple) on their own scale (right)
-    when given as (step, kept, style) tuples, as an image."""
+    when given as (steps, values), prompt kept (green) and style strength (purple) on their own scale (right)
+    when given as (step, kept, style) tuples, and the suggested copy's step as a green vertical line, as an image."""
     w, h = size
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
@@ -59,8 +59,9 @@ def render_loss(steps: Sequence[int], losses: Sequence[float], title: str = "los
     if steps:
         lo, hi = min(list(losses) + list(val_values)), max(list(losses) + list(val_values))
         hi = hi if hi > lo else lo + 1e-12
-        s0 = min([steps[0]] + list(val_steps))
-        s1 = max([steps[-1]] + list(val_steps))
+        measured = list(val_steps) + [p[0] for p in probes]  # measures start at step 0, before the first loss
+        s0 = min([steps[0]] + measured)
+        s1 = max([steps[-1]] + measured)
         s1 = s1 if s1 > s0 else s0 + 1
 
         def xy(s, v):
@@ -79,6 +80,10 @@ def render_loss(steps: Sequence[int], losses: Sequence[float], title: str = "los
                    fill=VALIDATION_COLOUR)
         if probes:
             _draw_probes(d, probes, (s0, s1), (left, right, top, bottom))
+        if suggested is not None and s0 <= suggested <= s1:
+            x = left + (suggested - s0) / (s1 - s0) * (right - left)
+            d.line([(x, top), (x, bottom)], fill=KEPT_COLOUR, width=1)
+            d.text((min(x + 4, right - 150), bottom + 8), f"suggested copy: step {suggested}", fill=KEPT_COLOUR)
         d.text((4, top), f"{hi:.4g}", fill=(0, 0, 0))
         d.text((4, bottom - 10), f"{lo:.4g}", fill=(0, 0, 0))
         d.text((left, bottom + 8), str(s0), fill=(0, 0, 0))

@@ -299,6 +299,7 @@ class Trainer:
         self._probe_setup: Optional[tuple] = None       # (draws, conditioning, base predictions), made once
         self._handle = None          # the attachment training runs under (the measure sets its strength)
         self._copy_steps: dict = {}  # numbered copy path -> step
+        self._suggested_step: Optional[int] = None   # known at the end; loss.png marks it
         self.notes: list = []   # what the user should know about the data, one line each (skipped images...)
         self._overflowed = 0.0  # the loss scale of the last step if float16 scaling overflowed there, else 0
 
@@ -557,12 +558,16 @@ class Trainer:
                    probe.style_strength(captions, base_captions))
         result.probe_seconds += time.perf_counter() - started
         self.probes.append((step, *figures))
-        if self.board is not None:
-            self.board.add_scalar("Probe/prompt_kept", figures[0], step)
-            self.board.add_scalar("Probe/style", figures[1], step)
-        if self.wandb is not None:
-            self.wandb.log({"prompt_kept": figures[0], "style": figures[1]}, step=step)
+        self._log_figures({"prompt_kept": figures[0], "style": figures[1]}, step)
         return figures
+
+    def _log_figures(self, figures: dict, step: int) -> None:
+        """Measures to TensorBoard (under Probe/) and W&B."""
+        if self.board is not None:
+            for name, value in figures.items():
+                self.board.add_scalar(f"Probe/{name}", value, step)
+        if self.wandb is not None:
+            self.wandb.log(figures, step=step)
 
     def _make_probe_setup(self) -> tuple:
         """The probe draws, the probe prompts' conditioning (the empty prompt last) and the predictions without the
@@ -804,8 +809,16 @@ class Trainer:
                 raise HypernetError(f"{exc}{rescue}") from None
             raise
         handle.remove()
-        self._close()
-        if self._stopping() and result.step < opts.steps:
+        try:  # the loggers stay open until the suggested copy, which needs the last files, is logged
+            self._save_files(result)
+        finally:
+            self._close()
+        self._draw_loss()
+        return result
+
+    def _save_files(self, result: TrainResult) -> None:
+        """The copy at an interrupt, the final file, and the suggested copy among them."""
+        if self._stopping() and result.step < self.opts.steps:
             result.stopped = "interrupted"
             # The numbered copy the periodic saves would make, so the log folder holds every stopping point.
             copy = self.run_dir / "hypernetworks" / f"{self.name}-{result.step}.pt"
@@ -813,8 +826,9 @@ class Trainer:
                 result.saved.append(self._save_copy(result.step))
         result.output = self._save(self.output)
         result.suggested, result.suggested_step = self.suggested(result)
-        self._draw_loss()
-        return result
+        self._suggested_step = result.suggested_step
+        if result.suggested_step is not None:
+            self._log_figures({"suggested_step": result.suggested_step}, result.step)
 
     def suggested(self, result: TrainResult) -> tuple:
         """(path, step) of the suggested copy among this run's copies and its final file, by probe.suggest;
@@ -1002,7 +1016,7 @@ class Trainer:
         if self._plot_points[0] and self.group.writer:
             from .plot import draw_loss
             draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss",
-                      validation=tuple(zip(*self.val_losses)), probes=self.probes)
+                      validation=tuple(zip(*self.val_losses)), probes=self.probes, suggested=self._suggested_step)
 
     def _close(self) -> None:
         """Undo what _prepare changed: progress bar, TensorBoard, checkpointing, training mode."""

@@ -178,3 +178,11 @@ def test_train_tab_status_shows_the_figures_and_the_suggested_copy():
     assert "Suggested copy: run/style-2.pt (step 2" in tabs.status_html(done)
     picture = tabs.loss_image(running)
     assert KEPT_COLOUR in {c for _, c in picture.getcolors(1 << 16)}
+
+
+def test_plot_marks_the_suggested_copy():
+    unmarked = render_loss([1, 2, 3, 4], [0.3, 0.2, 0.25, 0.2], probes=[(0, 1.0, 0.0), (4, 0.8, 0.2)])
+    marked = render_loss([1, 2, 3, 4], [0.3, 0.2, 0.25, 0.2], probes=[(0, 1.0, 0.0), (4, 0.8, 0.2)], suggested=2)
+    column = [marked.getpixel((60 + (2 - 0) / 4 * (800 - 20 - 60), y)) for y in range(40, 350)]
+    before = [unmarked.getpixel((60 + (2 - 0) / 4 * (800 - 20 - 60), y)) for y in range(40, 350)]
+    assert column.count(KEPT_COLOUR) > before.count(KEPT_COLOUR) + 100   # a green line down the plot at step 2

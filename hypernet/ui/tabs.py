@@ -229,7 +229,7 @@ def loss_image(status: Optional[dict]):
     steps, losses = zip(*points)
     val = tuple(map(list, zip(*status["val_losses"]))) if status.get("val_losses") else None
     return render_loss(list(steps), list(losses), title=f"{status['name']} loss", size=(640, 320), validation=val,
-                       probes=status.get("probes") or ())
+                       probes=status.get("probes") or (), suggested=status.get("suggested_step"))
 
 
 def progress_outputs(status: Optional[dict]):
