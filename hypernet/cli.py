@@ -306,7 +306,24 @@ def _train_on(args, options, create, name, device: str, group) -> int:
         curve = ", ".join(f"{loss:.5f} at {step}" for step, loss in result.val_losses)
         share = result.validation_seconds / max(result.seconds, 1e-9)
         print(f"validation loss: {curve} (scoring took {share:.1%} of the run)")
+    _print_probes(result, options.prompt_kept_goal)
     return 0
+
+
+def _print_probes(result, goal: float) -> None:
+    """The CLI's last lines on prompt kept and style strength: per measure, the suggested copy and the cost."""
+    if not result.probes:
+        return
+    curve = ", ".join(f"{kept:.2f}/{style:.3f} at {step}" for step, kept, style in result.probes)
+    share = result.probe_seconds / max(result.seconds, 1e-9)
+    print(f"prompt kept/style strength: {curve} (measuring took {share:.1%} of the run)")
+    figures = {step: (kept, style) for step, kept, style in result.probes}
+    if result.suggested:
+        kept, style = figures[result.suggested_step]
+        why = f"the strongest style keeping at least {goal:g} of the prompt" if kept >= goal else \
+            f"no copy keeps {goal:g} of the prompt; this one keeps most"
+        print(f"suggested copy: {result.suggested} (step {result.suggested_step}: prompt kept {kept:.2f}, style "
+              f"{style:.3f}; {why})")
 
 
 def _say_what_loaded(pipe) -> None:
@@ -343,8 +360,16 @@ def _cmd_demo(args) -> int:
         print(f"trained with the frozen model in {demo.dtype}: final validation loss {demo.val_loss:.5f}{overflow}")
     for row in demo.steps or []:
         val = f", validation loss {row['val_loss']:.5f}" if row["val_loss"] is not None else ""
-        best = "  <- best trade-off" if row["step"] == demo.best_step else ""
-        print(f"  step {row['step']:>5}: shift {row['shift']:.0%}, content kept {row['content_kept']:.2f}{val}{best}")
+        probe = f", prompt kept {row['prompt_kept']:.2f}, style {row['style']:.3f}" if row["prompt_kept"] is not None \
+            else ""
+        marks = [m for m, step in (("best trade-off", demo.best_step), ("suggested", demo.suggested_step))
+                 if row["step"] == step]
+        print(f"  step {row['step']:>5}: shift {row['shift']:.0%}, content kept {row['content_kept']:.2f}{val}{probe}"
+              + (f"  <- {', '.join(marks)}" if marks else ""))
+    if demo.probe_prompts:
+        share = demo.probe_seconds / max(demo.train_seconds, 1e-9)
+        print(f"suggested copy (from prompt kept and style strength, no images): step {demo.suggested_step}; "
+              f"measuring {demo.probe_prompts} probe prompts took {share:.1%} of the training")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 Hypernetworks over-train: the previews distort and the prompt stops mattering, so users keep copies and pick one.
 This renders every copy with the same prompts and seeds on any host the trainer supports (host.sample with the
-copy's hooks attached), labels each row with its step and validation loss, and copies the chosen one into the
-hypernetwork folder. Nothing here imports a UI.
+copy's hooks attached), labels each row with its step, validation loss, prompt kept and style strength (the
+suggested copy marked), and copies the chosen one into the hypernetwork folder. Nothing here imports a UI.
 """
 from __future__ import annotations
 
@@ -32,21 +32,32 @@ COPIES = "hypernetworks"
 
 @dataclass(frozen=True)
 class Copy:
-    """One saved copy of a run: its file, the step it was saved at and the validation loss scored there."""
+    """One saved copy of a run: its file, the step it was saved at and what the trainer measured there."""
 
     path: str
     step: Optional[int]
     val_loss: Optional[float]
+    prompt_kept: Optional[float] = None
+    style: Optional[float] = None
+    suggested: bool = False
 
     @property
     def label(self) -> str:
-        """The row title: file name, step and validation loss when known."""
-        parts = [Path(self.path).stem]
+        """The row title: file name, step, validation loss, prompt kept and style when known, and the suggestion."""
+        parts = [Path(self.path).stem + (" (suggested)" if self.suggested else "")]
         if self.step is not None:
             parts.append(f"step {self.step}")
         if self.val_loss is not None:
             parts.append(f"val loss {self.val_loss:.5f}")
+        if self.prompt_kept is not None:
+            parts.append(f"prompt kept {self.prompt_kept:.2f}")
+        if self.style is not None:
+            parts.append(f"style {self.style:.3f}")
         return "\n".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "step": self.step, "val_loss": self.val_loss, "prompt_kept": self.prompt_kept,
+                "style": self.style, "suggested": self.suggested}
 
 
 @dataclass
@@ -65,7 +76,7 @@ class Comparison:
         return self.cells[0] == self.cells[1]
 
     def to_dict(self) -> dict:
-        return {"copies": [{"path": c.path, "step": c.step, "val_loss": c.val_loss} for c in self.copies],
+        return {"copies": [c.to_dict() for c in self.copies],
                 "columns": [{"prompt": p, "strength": s} for p, s in self.columns], "seed": self.seed,
                 "files": list(self.files), "cells_done": self.cells[0], "cells_total": self.cells[1],
                 "complete": self.complete}
@@ -81,26 +92,59 @@ def run_dir_of(path) -> Optional[Path]:
     return None
 
 
-def val_losses(run_dir: Optional[Path]) -> Dict[int, float]:
-    """step -> validation loss from a run's loss CSV (empty when it has none)."""
+MEASURES = ("val_loss", "prompt_kept", "style")  # the loss CSV's columns a copy's row label shows
+
+
+def measures(run_dir: Optional[Path]) -> Dict[int, dict]:
+    """step -> {column: value} of the MEASURES a run's loss CSV holds at that step (empty when it has none)."""
     path = Path(run_dir or "") / LOSS_CSV
     if run_dir is None or not path.is_file():
         return {}
-    out = {}
+    out: Dict[int, dict] = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
             try:
-                if row.get("val_loss"):
-                    out[int(row["step"])] = float(row["val_loss"])
+                found = {k: float(row[k]) for k in MEASURES if row.get(k)}
+                if found:
+                    out.setdefault(int(row["step"]), {}).update(found)
             except (TypeError, ValueError):  # a hand-edited or truncated line
                 continue
     return out
 
 
 def _copy(path: Path, run_dir: Optional[Path]) -> Copy:
-    """A Copy of `path`, its validation loss looked up in `run_dir`'s log."""
+    """A Copy of `path`, with what the trainer measured at its step looked up in `run_dir`'s log."""
     step = inspect(path).step
-    return Copy(str(path), step, val_losses(run_dir).get(step) if step is not None else None)
+    found = measures(run_dir).get(step, {}) if step is not None else {}
+    return Copy(str(path), step, *(found.get(k) for k in MEASURES))
+
+
+def mark_suggested(copies: Sequence[Copy], goal: float) -> List[Copy]:
+    """The copies with the suggested one (probe.suggest at `goal`) marked."""
+    from dataclasses import replace
+
+    from .probe import suggest
+    best = suggest([{"prompt_kept": c.prompt_kept, "style": c.style} for c in copies], goal)
+    return [replace(c, suggested=i == best) for i, c in enumerate(copies)]
+
+
+def goal_of(settings: dict) -> float:
+    """The prompt-kept goal a run was trained with (its settings.json), else the default."""
+    from .probe import GOAL
+    run = settings.get("options") if isinstance(settings.get("options"), dict) else {}
+    try:
+        return float(run.get("prompt_kept_goal", GOAL))
+    except (TypeError, ValueError):
+        return GOAL
+
+
+def suggested_copy(run_dir) -> Optional[str]:
+    """The path of a run's suggested copy, from its loss CSV; None when none was measured or a copy is unreadable."""
+    try:
+        copies = mark_suggested(_copies_of_run(Path(run_dir)), goal_of(run_settings(run_dir)))
+    except (HypernetError, OSError):  # a listing must not fail on one run's broken file
+        return None
+    return next((c.path for c in copies if c.suggested), None)
 
 
 def copy_files(run_dir) -> List[Path]:
@@ -156,7 +200,7 @@ def saved_copies(sources: Sequence) -> List[Copy]:
         if key not in seen:  # the final file repeats the last numbered copy
             seen.add(key)
             copies.append(copy)
-    return copies
+    return mark_suggested(copies, goal_of(settings_of(copies)))
 
 
 def run_settings(run_dir: Optional[Path]) -> dict:

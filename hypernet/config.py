@@ -364,6 +364,15 @@ class TrainOptions:
     validation_draws: int = _opt(8, "fixed (image, noise, timestep) draws in the validation set", group="validation")
     validation_images: int = _opt(0, "images set aside for validation and never trained on (0: the draws come "
                                   "from the training images, for small folders)", group="validation")
+    probe_draws: int = _opt(1, "fixed noises each probe prompt is measured at, at step 0, every save and the end: "
+                            "'prompt kept' (how much prompts still steer the model, 1 = as without the "
+                            "hypernetwork) and 'style strength' (how far it moves the training captions' "
+                            "predictions); 0 = never", group="validation")
+    probe_prompts_file: str = _opt("", "a text file of probe prompts for 'prompt kept', one per line (# comments), "
+                                   "unlike your captions (empty: sixteen varied prompts shipped with hypernet)",
+                                   group="validation")
+    prompt_kept_goal: float = _opt(0.9, "the suggested copy: the strongest style among copies keeping at least "
+                                   "this much of the prompt (else the copy keeping most)", group="validation")
     preview_every: int = _opt(500, "generate a preview image every N steps (0 = never)",
                               group="preview", essential=True)
     preview_prompt: str = _opt("", "preview prompt (empty: the current batch's caption)", group="preview")
@@ -393,7 +402,7 @@ class TrainOptions:
                 raise ConfigError(name, f"must be a multiple of 8, got {getattr(self, name)}")
         for name in PATH_FIELDS:
             check_path(getattr(self, name), name)
-        for name in ("weight_decay", "eps", "min_snr_gamma", "noise_offset"):
+        for name in ("weight_decay", "eps", "min_snr_gamma", "noise_offset", "prompt_kept_goal"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("tag_dropout", "caption_dropout"):
@@ -452,7 +461,8 @@ INT_LIMITS = {"width": (MIN_SIZE, MAX_SIZE), "height": (MIN_SIZE, MAX_SIZE), "pr
                                                   "max_nan_steps", "lr_cycles", "validation_draws")}}
 COMPARE_LIMITS = {"width": (0, MAX_SIZE), "height": (0, MAX_SIZE), "steps": (1, MAX_STEP), "seed": (-1, 2 ** 63 - 1)}
 # Options that name a file or folder: checked as paths (no NUL, a sane length) with the rest.
-PATH_FIELDS = ("data", "template", "latent_cache_dir", "vae", "log_dir", "output", "preview_prompts_file")
+PATH_FIELDS = ("data", "template", "latent_cache_dir", "vae", "log_dir", "output", "preview_prompts_file",
+               "probe_prompts_file")
 
 
 @dataclass
@@ -522,7 +532,8 @@ class DemoOptions:
     batch_size: int = _opt(4, "images per step")
     seed: int = _opt(0, "seed for the style set, training and the comparison")
     copies: int = _opt(6, "saved copies measured along the run")
-    measure_prompts: int = _opt(32, "unseen prompts each copy is measured on (style shift and content kept)")
+    measure_prompts: int = _opt(128, "unseen prompts each copy is measured on (style shift and content kept)")
+    probe_prompts: int = _opt(16, "of those, how many the trainer's 'prompt kept' measure probes with")
     dtype: str = _opt("fp32", "the frozen model's precision while training (fp16, bf16: as a half-precision host "
                       "trains); every measure samples in fp32", choices=tuple(DTYPES))
 
@@ -533,7 +544,7 @@ class DemoOptions:
             raise ConfigError("dtype", f"unknown value {self.dtype!r}; accepted: {', '.join(DTYPES)}")
         if self.recipe not in DEMO_RECIPES:
             raise ConfigError("recipe", f"unknown value {self.recipe!r}; accepted: {', '.join(DEMO_RECIPES)}")
-        for name in ("steps", "batch_size", "copies", "measure_prompts"):
+        for name in ("steps", "batch_size", "copies", "measure_prompts", "probe_prompts"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.learning_rate:

@@ -163,10 +163,8 @@ def trade_off(base: Measured, styled: Measured) -> dict:
 
 def best_step(steps: Sequence[dict]) -> int:
     """The copy with the largest shift among those keeping CONTENT_GOAL of the content, else the one keeping most."""
-    kept = [s for s in steps if s["content_kept"] >= CONTENT_GOAL]
-    if kept:
-        return max(kept, key=lambda s: s["shift"])["step"]
-    return max(steps, key=lambda s: (s["content_kept"], s["shift"]))["step"]
+    from .probe import suggest
+    return steps[suggest(steps, CONTENT_GOAL, "content_kept", "shift")]["step"]
 
 
 @dataclass
@@ -186,13 +184,16 @@ class DemoResult:
     recipe: str = "hypernet"
     content_kept: float = 0.0       # of the final file at strength 1.0, relative to without
     best_step: int = 0
-    steps: list = None              # [{"step", "shift", "content_kept", "val_loss"}] per saved copy
+    steps: list = None              # [{"step", "shift", "content_kept", "val_loss", "prompt_kept", "style"}] per copy
     measure_prompts: int = 0
     train_seconds: float = 0.0      # the training loop, validation included
     validation_seconds: float = 0.0
     dtype: str = "fp32"             # the frozen model's precision while training
     val_loss: Optional[float] = None   # the final validation loss
     overflow_steps: int = 0         # steps float16 loss scaling skipped
+    suggested_step: Optional[int] = None   # the trainer's suggested copy (from prompt kept and style strength)
+    probe_seconds: float = 0.0      # time the trainer spent measuring prompt kept and style strength
+    probe_prompts: int = 0
 
     @property
     def shift(self) -> float:
@@ -225,8 +226,9 @@ def compare(pipe, hn, prompts=HELD_OUT_PROMPTS, seeds=HELD_OUT_SEEDS, steps: int
     return results
 
 
-def _train(host, o, data_dir: Path, name: str, out: Path, show_progress: bool):
-    """Train with the recipe's settings, a copy saved o.copies times along the run."""
+def _train(host, o, data_dir: Path, name: str, out: Path, show_progress: bool, probes: Path):
+    """Train with the recipe's settings, a copy saved o.copies times along the run, measuring prompt kept on the
+    `probes` file's prompts."""
     from .config import CreateOptions, TrainOptions
     from .train import train
     recipe = RECIPES[o.recipe]
@@ -234,7 +236,8 @@ def _train(host, o, data_dir: Path, name: str, out: Path, show_progress: bool):
                            learning_rate=o.learning_rate or recipe["learning_rate"], template=recipe["template"],
                            resize=recipe["resize"], flip=recipe["flip"], log_dir=str(out / "logs"),
                            output=str(out / f"{name}.pt"), save_every=max(1, o.steps // o.copies), preview_every=0,
-                           log_every=10, validation_every=max(1, o.steps // o.copies), seed=o.seed, overwrite=True)
+                           log_every=10, validation_every=max(1, o.steps // o.copies), seed=o.seed, overwrite=True,
+                           probe_prompts_file=str(probes))
     create = CreateOptions(name=name, dims=host.model_dims(), activation=recipe["activation"],
                            weight_init=recipe["weight_init"])
     return train(host, options, create=create, show_progress=show_progress)
@@ -248,6 +251,21 @@ def _measure_copies(pipe, result, scenes, palette) -> dict:
         hn = hypernet.load(path)
         measured[hn.step] = measure(pipe, scenes, palette, hn)
     return measured
+
+
+def _write_probe_prompts(out: Path, scenes: Sequence) -> Path:
+    """The trainer's probe prompts file: unseen prompts of the measure set, which the training never sees."""
+    path = out / "probe-prompts.txt"
+    atomic_write(path, "".join(f"{s.caption()}\n" for s in scenes).encode())
+    return path
+
+
+def _trainer_figures(result, step: int) -> dict:
+    """What the trainer measured at a step: validation loss, prompt kept and style strength (None if not)."""
+    val = dict(result.val_losses)
+    probes = {s: (kept, style) for s, kept, style in result.probes}
+    kept, style = probes.get(step, (None, None))
+    return {"val_loss": val.get(step), "prompt_kept": kept, "style": style}
 
 
 def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> DemoResult:
@@ -265,16 +283,16 @@ def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> 
     data_dir = Path(o.data) if o.data else make_style_dataset(out / "style-data", seed=o.seed)
     name = PALETTE_NAME if not o.data else (Path(o.data).resolve().name or "mystyle")
     palette = dataset_palette(data_dir) if o.data else PALETTE
-    result = _train(host, o, data_dir, name, out, show_progress)
+    captions = {p.read_text() for p in data_dir.glob("*.txt")}
+    scenes = measure_scenes(o.measure_prompts, exclude=captions)
+    probes = _write_probe_prompts(out, scenes[:o.probe_prompts])
+    result = _train(host, o, data_dir, name, out, show_progress, probes)
     host.to(host.device, torch.float32)  # every measure samples the same float32 model
     hn = hypernet.load(result.output)
     st_path = hn.save(out / f"{name}.safetensors", overwrite=True)
-    captions = {p.read_text() for p in data_dir.glob("*.txt")}
-    scenes = measure_scenes(o.measure_prompts, exclude=captions)
     base = measure(pipe, scenes, palette)
     copies = _measure_copies(pipe, result, scenes, palette)
-    val = dict(result.val_losses)
-    rows = [{"step": step, **trade_off(base, m), "val_loss": val.get(step)} for step, m in copies.items()]
+    rows = [{"step": step, **trade_off(base, m), **_trainer_figures(result, step)} for step, m in copies.items()]
     final = copies.get(hn.step) or measure(pipe, scenes, palette, hn)
     half = measure(pipe, scenes, palette, hn, 0.5)
     shown = compare(pipe, hn, palette=palette)
@@ -288,6 +306,7 @@ def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> 
                       time.perf_counter() - started, o.recipe, trade_off(base, final)["content_kept"],
                       best_step(rows) if rows else hn.step, rows, len(scenes), result.seconds,
                       result.validation_seconds, o.dtype,
-                      result.val_losses[-1][1] if result.val_losses else None, result.overflow_steps)
+                      result.val_losses[-1][1] if result.val_losses else None, result.overflow_steps,
+                      result.suggested_step, result.probe_seconds, min(o.probe_prompts, len(scenes)))
     atomic_write(out / "demo.json", json.dumps({**demo.__dict__, "shift": demo.shift}, indent=2).encode())
     return demo

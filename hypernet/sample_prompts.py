@@ -79,16 +79,23 @@ def _value(key: str, raw: str, where: str):
 _RANGES = {"w": (8, MAX_SIZE), "h": (8, MAX_SIZE), "s": (1, 10_000), "d": (-1, 2 ** 63 - 1)}
 
 
-def read_prompts(path) -> List[SamplePrompt]:
-    """Every preview a prompt file asks for, in order; ConfigError naming the file and line when one is wrong."""
+def prompt_lines(path, field: str = FIELD) -> List[tuple]:
+    """(where, line) for each prompt line of a text file (no blanks, no # comments); ConfigError naming `field`
+    when the file is missing, unreadable, not UTF-8 or holds no prompt."""
     file = Path(str(path)).expanduser()
     try:
         text, _ = read_text(file, MAX_TEXT_BYTES)
     except OSError as exc:
-        raise ConfigError(FIELD, f"{file}: cannot read the file ({exc.strerror or exc})") from None
+        raise ConfigError(field, f"{file}: cannot read the file ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
-        raise ConfigError(FIELD, f"{file}: is not UTF-8 text") from None
-    prompts = [p for n, line in enumerate(text.splitlines(), 1) if (p := parse_line(line, f"{file}:{n}"))]
-    if not prompts:
-        raise ConfigError(FIELD, f"{file}: holds no prompts (one per line; # starts a comment)")
-    return prompts
+        raise ConfigError(field, f"{file}: is not UTF-8 text") from None
+    lines = [(f"{file}:{n}", line.strip()) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.strip().startswith("#")]
+    if not lines:
+        raise ConfigError(field, f"{file}: holds no prompts (one per line; # starts a comment)")
+    return lines
+
+
+def read_prompts(path) -> List[SamplePrompt]:
+    """Every preview a prompt file asks for, in order; ConfigError naming the file and line when one is wrong."""
+    return [parse_line(line, where) for where, line in prompt_lines(path)]

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from . import distributed, schedule, validation
+from . import distributed, probe, schedule, validation
 from .attach import attach
 from .config import DTYPES, CreateOptions, TrainOptions
 from .errors import HypernetError
@@ -29,8 +29,8 @@ from .files import atomic_write, load, save_optimizer
 from .network import Hypernetwork
 
 log = logging.getLogger("hypernet")
-# The webui's columns first (its tools read them by position); val_loss is ours, empty where not evaluated.
-CSV_COLUMNS = ("step", "epoch", "epoch_step", "loss", "learn_rate", "val_loss")
+# The webui's columns first (its tools read them by position); the rest are ours, empty where not evaluated.
+CSV_COLUMNS = ("step", "epoch", "epoch_step", "loss", "learn_rate", "val_loss", "prompt_kept", "style")
 TRAINER_STATE_KEY = "hypernet_trainer_state"  # extra .optim key; the webui ignores keys it does not know
 
 
@@ -47,6 +47,15 @@ def target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alpha_ba
         return noise
     a = alpha_bar.view(-1, *([1] * (x0.dim() - 1)))
     return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def predicted_x0(prediction_type: str, pred: torch.Tensor, x_t: torch.Tensor,
+                 alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The clean latent a prediction implies: (x_t - sqrt(1 - a) * eps) / sqrt(a), or sqrt(a) * x_t - sqrt(1 - a) * v."""
+    a = alpha_bar.view(-1, *([1] * (x_t.dim() - 1)))
+    if prediction_type == "epsilon":
+        return (x_t - (1 - a).sqrt() * pred) / a.sqrt()
+    return a.sqrt() * x_t - (1 - a).sqrt() * pred
 
 
 def min_snr_weight(alpha_bar: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
@@ -194,7 +203,11 @@ class TrainResult:
     overflow_steps: int = 0   # steps skipped because float16 loss scaling overflowed (the scale was lowered)
     val_losses: list = field(default_factory=list)   # (step, validation loss) at each evaluation
     validation_seconds: float = 0.0                  # time spent scoring the validation draws
-    seconds: float = 0.0                             # the whole loop, validation included
+    probes: list = field(default_factory=list)       # (step, prompt kept, style strength) at each measure
+    probe_seconds: float = 0.0                       # time spent measuring them (probe.py)
+    suggested: Optional[str] = None                  # the suggested copy (probe.suggest), when any was measured
+    suggested_step: Optional[int] = None
+    seconds: float = 0.0                             # the whole loop, validation and measures included
 
 
 @dataclass
@@ -212,6 +225,8 @@ class Progress:
     saved: Optional[str] = None
     val_loss: Optional[float] = None
     previews: list = field(default_factory=list)  # every preview image of this step (a prompts file makes several)
+    prompt_kept: Optional[float] = None           # measured at this step (step 0, saves and the end)
+    style: Optional[float] = None
 
 
 class _StopOnSigint:
@@ -255,6 +270,7 @@ class Trainer:
         self.on_progress = on_progress
         self.show_progress = show_progress
         self.source_path: Optional[str] = None
+        self.probe_prompts = self._probe_prompts()  # a bad file is refused before any model work
         self.hn = self._resolve_hypernetwork(hypernetwork, create, name)
         self.name = self.hn.name
         resume = self._trainer_state()
@@ -278,6 +294,12 @@ class Trainer:
         self.val_losses: list = []   # (step, validation loss) at each evaluation; the TrainResult holds this list
         self._csv_checked = False
         self.validation: list = []   # the fixed validation draws (validation.Draw), built in _prepare
+        self.probes: list = []       # (step, prompt kept, style strength) at each measure; the TrainResult's list
+        self._val_predictions: Optional[tuple] = None   # (step, predictions) of the last validation
+        self._probe_setup: Optional[tuple] = None       # (draws, conditioning, base predictions), made once
+        self._handle = None          # the attachment training runs under (the measure sets its strength)
+        self._copy_steps: dict = {}  # numbered copy path -> step
+        self._suggested_step: Optional[int] = None   # known at the end; loss.png marks it
         self.notes: list = []   # what the user should know about the data, one line each (skipped images...)
         self._overflowed = 0.0  # the loss scale of the last step if float16 scaling overflowed there, else 0
 
@@ -340,6 +362,14 @@ class Trainer:
             return []
         from .sample_prompts import read_prompts
         return read_prompts(self.opts.preview_prompts_file)
+
+    def _probe_prompts(self) -> list:
+        """The probe prompts for 'prompt kept': the file's (read now, before any model work), else the shipped ones."""
+        if not self.opts.probe_draws:
+            return []
+        if self.opts.probe_prompts_file:
+            return probe.read_probe_prompts(self.opts.probe_prompts_file)
+        return list(probe.SHIPPED_PROMPTS)
 
     def _configure_host(self) -> None:
         """Apply the options that change the host (clip skip, VAE); _restore_host undoes them."""
@@ -419,21 +449,30 @@ class Trainer:
     def _timestep_high(self) -> int:
         return min(self.opts.timestep_max, len(self.host.alphas_cumprod))
 
-    def _loss(self, x0, noise, t, prompts, weights, dropout_seed: int) -> torch.Tensor:
-        """Per-sample weighted MSE of the UNet's prediction on x0 noised to timesteps t (training and validation)."""
+    def _loss(self, x0, noise, t, prompts, weights, dropout_seed: int, predictions: Optional[list] = None):
+        """Per-sample weighted MSE of the UNet's prediction on x0 noised to timesteps t (training and validation);
+        `predictions`, when given, receives the clean latent the prediction implies (for the style strength)."""
         device = self.host.device
         alpha_bar = self.host.alphas_cumprod.to(device)[t]
         x_t = noisy_latents(x0, noise, alpha_bar)
         if self.opts.gradient_checkpointing and torch.is_grad_enabled():
             x_t.requires_grad_(True)  # reentrant checkpoints pass gradients only when an input needs them
-        cond = self._conditioning(prompts)
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), self._autocast():
-            torch.manual_seed(dropout_seed)
-            pred = self.host.predict(x_t, t, cond)
+        pred = self._predict(x_t, t, self._conditioning(prompts), dropout_seed)
+        if predictions is not None:
+            # in float64 on the CPU: some devices (MPS) have no float64, and the figures are ratios of small changes
+            cpu = [v.detach().cpu().double() for v in (pred, x_t, alpha_bar)]
+            predictions.append(predicted_x0(self.host.prediction_type, *cpu))
         losses = per_sample_loss(pred, target(self.host.prediction_type, x0, noise, alpha_bar),
                                  None if weights is None else weights.to(device))
         return losses * min_snr_weight(alpha_bar, self.opts.min_snr_gamma, self.host.prediction_type)
+
+    def _predict(self, x_t, t, cond, dropout_seed: int) -> torch.Tensor:
+        """The UNet's prediction in the training precision, its dropout drawn from `dropout_seed` alone."""
+        device = self.host.device
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._autocast():
+            torch.manual_seed(dropout_seed)
+            return self.host.predict(x_t.to(device), t.to(device), cond)
 
     # ------------------------------------------------------------------------------------------ validation
     def val_points(self) -> list:
@@ -443,7 +482,7 @@ class Trainer:
     def _build_validation(self, dataset) -> list:
         """The fixed validation draws: from images set aside, or from the training images when none are."""
         o = self.opts
-        if not o.validation_every:
+        if not o.validation_every and not self.probe_prompts:
             return []
         rng = random.Random(self.seed)
         items = dataset.hold_out(o.validation_images, rng) if o.validation_images else dataset.items
@@ -453,22 +492,12 @@ class Trainer:
 
     def _validate(self, step: int, result: TrainResult) -> Optional[float]:
         """Mean loss over the fixed draws with dropout off and no gradients; recorded for the CSV and plot."""
-        if not self.validation:
+        if not self.validation or not self.opts.validation_every:
             return None
         started = time.perf_counter()
-        device, total = self.host.device, 0.0
-        self.hn.eval()
-        try:
-            with torch.no_grad():
-                for chunk in validation.batches(self.validation, self.opts.batch_size):
-                    x0 = torch.stack([d.latent for d in chunk]).to(device, torch.float32)
-                    noise = torch.stack([d.noise for d in chunk]).to(device, torch.float32)
-                    t = torch.tensor([d.timestep for d in chunk], device=device)
-                    weights = None if chunk[0].weight is None else torch.stack([d.weight for d in chunk])
-                    total += float(self._loss(x0, noise, t, [d.prompt for d in chunk], weights, 0).sum())
-        finally:
-            self.hn.train()
-        value = total / len(self.validation)
+        with self._evaluating():
+            value, predictions = self._score_validation()
+        self._val_predictions = (step, predictions)
         result.validation_seconds += time.perf_counter() - started
         self.val_losses.append((step, value))
         if self.board is not None:
@@ -476,6 +505,96 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.log({"val_loss": value}, step=step)
         return value
+
+    def _score_validation(self) -> tuple:
+        """(mean loss, the clean latents the predictions imply, in draw order) over the fixed validation draws; callers
+        turn dropout and gradients off (_evaluating)."""
+        device, total, predictions = self.host.device, 0.0, []
+        for chunk in validation.batches(self.validation, self.opts.batch_size):
+            x0 = torch.stack([d.latent for d in chunk]).to(device, torch.float32)
+            noise = torch.stack([d.noise for d in chunk]).to(device, torch.float32)
+            t = torch.tensor([d.timestep for d in chunk], device=device)
+            weights = None if chunk[0].weight is None else torch.stack([d.weight for d in chunk])
+            total += float(self._loss(x0, noise, t, [d.prompt for d in chunk], weights, 0, predictions).sum())
+        return total / len(self.validation), torch.cat(predictions)
+
+    @contextlib.contextmanager
+    def _evaluating(self):
+        """Dropout off and no gradients, training mode back afterwards."""
+        self.hn.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.hn.train()
+
+    @contextlib.contextmanager
+    def _strength(self, strength: float):
+        """The training attachment at `strength` for a while (0: the model without the hypernetwork)."""
+        before = self._handle.stack
+        self._handle.set_stack([(self.hn, strength)])
+        try:
+            yield
+        finally:
+            self._handle.set_stack(before)
+
+    # ------------------------------------------------------------------------------------------ the measure
+    def probe_points(self) -> list:
+        """(step, prompt kept, style strength) at each measure so far, the start included."""
+        return list(self.probes)
+
+    def _probe(self, step: int, result: TrainResult) -> Optional[tuple]:
+        """Prompt kept and style strength of the hypernetwork now (probe.py); recorded for the CSV and plot."""
+        if not self.probe_prompts or not self.validation or not self.group.writer:
+            return None
+        started = time.perf_counter()
+        if self._probe_setup is None:
+            self._probe_setup = self._make_probe_setup()
+        draws, cond, (base_prompts, base_captions) = self._probe_setup
+        with self._evaluating():
+            prompts = self._probe_predictions(draws, cond)
+            captions = self._caption_predictions(step)
+        figures = (probe.prompt_kept(prompts, base_prompts, len(draws.t)),
+                   probe.style_strength(captions, base_captions))
+        result.probe_seconds += time.perf_counter() - started
+        self.probes.append((step, *figures))
+        self._log_figures({"prompt_kept": figures[0], "style": figures[1]}, step)
+        return figures
+
+    def _log_figures(self, figures: dict, step: int) -> None:
+        """Measures to TensorBoard (under Probe/) and W&B."""
+        if self.board is not None:
+            for name, value in figures.items():
+                self.board.add_scalar(f"Probe/{name}", value, step)
+        if self.wandb is not None:
+            self.wandb.log(figures, step=step)
+
+    def _make_probe_setup(self) -> tuple:
+        """The probe draws, the probe prompts' conditioning (the empty prompt last) and the predictions without the
+        hypernetwork, which training never changes: made once per run."""
+        o = self.opts
+        draws = probe.make_probe_draws(self.validation[0].latent.shape, o.probe_draws, self.seed, o.timestep_min,
+                                       self._timestep_high(), self.host.alphas_cumprod)
+        cond = self.host.encode_prompts(self.probe_prompts + [""])
+        with self._evaluating(), self._strength(0.0):
+            base = (self._probe_predictions(draws, cond), self._score_validation()[1])
+        return draws, cond, base
+
+    def _probe_predictions(self, draws, cond) -> torch.Tensor:
+        """Every probe prompt's prediction at every probe draw, batched."""
+        predict = lambda x_t, t, c: self._predict(x_t, t, c, 0)  # noqa: E731
+        return probe.probe_predictions(predict, draws, cond, len(self.probe_prompts) + 1, self._probe_chunk())
+
+    def _probe_chunk(self) -> int:
+        """Probe predictions per UNet call: twice a training batch, which fits where training's backward fits, and
+        at least 8, since on small models the cost is mostly per call."""
+        return max(2 * self.opts.batch_size, 8)
+
+    def _caption_predictions(self, step: int) -> torch.Tensor:
+        """The validation draws' predictions at this step: the validation's own when it ran here."""
+        if self._val_predictions is not None and self._val_predictions[0] == step:
+            return self._val_predictions[1]
+        return self._score_validation()[1]
 
     def _grad_scaler(self) -> Optional[torch.amp.GradScaler]:
         """Dynamic loss scaling when the UNet computes in float16 (a half model, or fp16 autocast), whose small
@@ -594,6 +713,7 @@ class Trainer:
         if not self.group.writer:
             return str(self.run_dir / "hypernetworks" / f"{self.name}-{step}.pt")
         path = self._save(self.run_dir / "hypernetworks" / f"{self.name}-{step}.pt")
+        self._copy_steps[path] = step
         self._draw_loss()
         self._copies.append(path)
         self._prune_copies()
@@ -676,8 +796,8 @@ class Trainer:
             self._restore_host()
             raise
         result = TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "completed",
-                             val_losses=self.val_losses)
-        handle = attach(self.host.unet, [(self.hn, 1.0)], warn=False)
+                             val_losses=self.val_losses, probes=self.probes)
+        handle = self._handle = attach(self.host.unet, [(self.hn, 1.0)], warn=False)
         try:
             with _StopOnSigint(self.stop):
                 self._loop(result)
@@ -689,16 +809,38 @@ class Trainer:
                 raise HypernetError(f"{exc}{rescue}") from None
             raise
         handle.remove()
-        self._close()
-        if self._stopping() and result.step < opts.steps:
+        try:  # the loggers stay open until the suggested copy, which needs the last files, is logged
+            self._save_files(result)
+        finally:
+            self._close()
+        self._draw_loss()
+        return result
+
+    def _save_files(self, result: TrainResult) -> None:
+        """The copy at an interrupt, the final file, and the suggested copy among them."""
+        if self._stopping() and result.step < self.opts.steps:
             result.stopped = "interrupted"
             # The numbered copy the periodic saves would make, so the log folder holds every stopping point.
             copy = self.run_dir / "hypernetworks" / f"{self.name}-{result.step}.pt"
             if result.step > self.start_step and str(copy) not in result.saved:
                 result.saved.append(self._save_copy(result.step))
         result.output = self._save(self.output)
-        self._draw_loss()
-        return result
+        result.suggested, result.suggested_step = self.suggested(result)
+        self._suggested_step = result.suggested_step
+        if result.suggested_step is not None:
+            self._log_figures({"suggested_step": result.suggested_step}, result.step)
+
+    def suggested(self, result: TrainResult) -> tuple:
+        """(path, step) of the suggested copy among this run's copies and its final file, by probe.suggest;
+        (None, None) when none was measured."""
+        figures = {step: (kept, style) for step, kept, style in self.probes}
+        files = [(path, self._copy_steps.get(path)) for path in result.saved]
+        if result.output and result.step not in {step for _, step in files}:
+            files.append((result.output, result.step))
+        rows = [{"prompt_kept": figures[step][0], "style": figures[step][1]} if step in figures else {}
+                for _, step in files]
+        best = probe.suggest(rows, self.opts.prompt_kept_goal)
+        return files[best] if best is not None else (None, None)
 
     def _prepare(self) -> None:
         """Everything before the first step: checks, frozen model, data, folders, optimizer."""
@@ -712,7 +854,7 @@ class Trainer:
         self.notes = dataset.notes()
         for note in self.notes:
             log.warning("%s: %s", opts.data, note)
-        self.validation = self._build_validation(dataset)
+        self.validation = self._build_validation(dataset)  # also where the style strength is measured
         log.info("training %s on %d images from %s", self.name, len(dataset), opts.data)
         if self.group.writer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -740,7 +882,8 @@ class Trainer:
         opts = self.opts
         step, nan_run, window = self.start_step, 0, []
         started = time.perf_counter()
-        self._validate(step, result)  # where the curve starts: the file as it came in
+        self._validate(step, result)  # where the curves start: the file as it came in
+        self._probe(step, result)
         while step < opts.steps and not self._stopping():
             lr = self._lr(step)
             loss, batch = self._accumulate(step, lr)
@@ -774,10 +917,13 @@ class Trainer:
             last = step == opts.steps or self._stopping()
             if opts.validation_every and (step % opts.validation_every == 0 or saving or last):
                 report.val_loss = self._validate(step, result)
-            if report.val_loss is not None or (opts.log_every and (step % opts.log_every == 0 or last)):
-                val = "" if report.val_loss is None else f"{report.val_loss:.7f}"
+            if saving or last:
+                report.prompt_kept, report.style = self._probe(step, result) or (None, None)
+            measured = report.val_loss is not None or report.prompt_kept is not None
+            if measured or (opts.log_every and (step % opts.log_every == 0 or last)):
+                figures = [_csv_number(report.val_loss), _csv_number(report.prompt_kept), _csv_number(report.style)]
                 self._append_csv((step, batch.epoch, batch.epoch_step, f"{sum(window) / len(window):.7f}",
-                                  f"{lr:.10g}", val))
+                                  f"{lr:.10g}", *figures))
                 window = []
             if saving:
                 report.saved = self._save_copy(step)
@@ -870,7 +1016,7 @@ class Trainer:
         if self._plot_points[0] and self.group.writer:
             from .plot import draw_loss
             draw_loss(*self._plot_points, self.run_dir / "loss.png", title=f"{self.name} loss",
-                      validation=tuple(zip(*self.val_losses)))
+                      validation=tuple(zip(*self.val_losses)), probes=self.probes, suggested=self._suggested_step)
 
     def _close(self) -> None:
         """Undo what _prepare changed: progress bar, TensorBoard, checkpointing, training mode."""
@@ -931,6 +1077,11 @@ def _upgrade_csv(path: Path) -> None:
     text = io.StringIO()
     csv.writer(text).writerows(body)
     atomic_write(path, text.getvalue().encode())
+
+
+def _csv_number(value: Optional[float]) -> str:
+    """A measured figure for the CSV, empty where it was not measured."""
+    return "" if value is None else f"{value:.7f}"
 
 
 def _index(cond, i: int):

@@ -38,7 +38,7 @@ def run(pipe, tmp_path_factory):
 def test_copies_of_a_run_in_step_order_with_their_validation_loss(run):
     copies = compare.saved_copies([run])
     assert [(Path(c.path).name, c.step) for c in copies] == [("style-2.pt", 2), ("style-4.pt", 4)]
-    logged = compare.val_losses(run)
+    logged = {step: m["val_loss"] for step, m in compare.measures(run).items()}
     assert [c.val_loss for c in copies] == [logged[2], logged[4]] and all(v > 0 for v in logged.values())
     assert "step 2" in copies[0].label and f"{logged[2]:.5f}" in copies[0].label
     # a file named directly finds its run's log; the final file repeats step 4 and is not listed twice
@@ -129,6 +129,8 @@ def test_train_tab_panel_compares_and_keeps(pipe, run, tmp_path):
     assert "style-2.pt: step 2, validation loss" in message and "Grid saved to" in message
     assert image.size[1] > 2 * compare._cell(64)
     assert update["choices"] == [str(run / "hypernetworks" / "style-2.pt"), str(run / "hypernetworks" / "style-4.pt")]
+    assert update["value"] == compare.suggested_copy(run) and update["value"] in update["choices"]  # preselected
+    assert "prompt kept" in message and message.count("(suggested") == 1
     assert "Kept style-2.pt" in compare_panel.keep_click(panel, update["choices"][0], "", False)
     assert "already exists" in compare_panel.keep_click(panel, update["choices"][0], "", False)
     assert "style-2" in studio.state.card_names()

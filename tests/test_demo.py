@@ -73,13 +73,15 @@ def test_every_saved_copy_is_measured_and_the_best_trade_off_named(trained):
     summary = json.loads((Path(trained.out_dir) / "demo.json").read_text())
     steps = summary["steps"]
     assert [row["step"] for row in steps] == [STEPS // 6 * (i + 1) for i in range(6)]
-    assert all(set(row) == {"step", "shift", "content_kept", "val_loss"} for row in steps)
+    assert all(set(row) == {"step", "shift", "content_kept", "val_loss", "prompt_kept", "style"} for row in steps)
     assert all(isinstance(row["val_loss"], float) and row["val_loss"] > 0 for row in steps)
+    assert all(row["prompt_kept"] > 0 and row["style"] > 0 for row in steps)
+    assert summary["suggested_step"] in [row["step"] for row in steps]
     assert summary["content_kept"] == pytest.approx(steps[-1]["content_kept"])  # the final file is the last copy
     assert summary["shift"] == pytest.approx(steps[-1]["shift"])
     assert summary["best_step"] == demo.best_step(steps) and isinstance(summary["best_step"], int)
-    assert summary["measure_prompts"] == 32 and trained.measure_prompts == 32
-    assert len(measure_set(trained)) == 32 and not {s.caption() for s in measure_set(trained)} & {
+    assert summary["measure_prompts"] == 128 and trained.measure_prompts == 128   # one fact is 1/256 of content
+    assert len(measure_set(trained)) == 128 and not {s.caption() for s in measure_set(trained)} & {
         p.read_text() for p in (Path(trained.out_dir) / "style-data").glob("*.txt")}
 
 
@@ -111,6 +113,8 @@ def test_the_demo_trains_a_half_precision_model_and_measures_in_float32(tmp_path
     printed = capsys.readouterr().out
     record = json.loads((tmp_path / "demo.json").read_text())
     assert record["dtype"] == "fp16" and record["val_loss"] > 0 and "frozen model in fp16" in printed
+    assert record["steps"][0]["prompt_kept"] > 0 and record["suggested_step"] == 2      # measured in fp16 as well
+    assert "suggested copy (from prompt kept and style strength, no images): step 2" in printed
     hn = hypernet.load(record["pt"])
     assert hn.step == 2 and all(p.dtype == torch.float32 for p in hn.parameters())
     with pytest.raises(ConfigError) as err:

@@ -281,6 +281,7 @@ def test_weights_and_biases_logs_through_the_wandb_package(pipes, data_dir, tmp_
     init = events[0][1]
     assert init["project"] == "proj" and init["dir"] == result.run_dir and init["config"]["steps"] == 2
     assert ("log", ["learn_rate", "loss"], 1) in events and ("log", ["preview"], 2) in events
+    assert ("log", ["prompt_kept", "style"], 0) in events and ("log", ["suggested_step"], 2) in events
     assert events[-1] == ("finish",)
 
 

@@ -136,7 +136,7 @@ def test_saves_logs_settings_and_previews(pipes, data_dir, tmp_path):
         assert hypernet.webui_check(p) is None
     assert result.output == str(tmp_path / "final" / "styled.pt") and hypernet.load(result.output).step == 4
     rows = list(csv.reader(open(run / "hypernetwork_loss.csv")))
-    assert rows[0] == ["step", "epoch", "epoch_step", "loss", "learn_rate", "val_loss"]  # the webui's five first
+    assert rows[0] == ["step", "epoch", "epoch_step", "loss", "learn_rate", "val_loss", "prompt_kept", "style"]  # the webui's five first
     assert [r[5] != "" for r in rows[1:]] == [False, True, False, True]  # scored at each save
     assert [r[0] for r in rows[1:]] == ["1", "2", "3", "4"] and all(float(r[3]) > 0 for r in rows[1:])
     assert (run / "loss.png").exists() and Image.open(run / "loss.png").size == (800, 400)
@@ -210,8 +210,8 @@ def test_nan_steps_are_skipped_then_training_stops_and_source_is_untouched(pipes
 
     monkeypatch.setattr(host, "predict", sometimes_nan)
     with pytest.raises(HypernetError, match="3 steps in a row had NaN") as info:
-        train(host, opts(data_dir, tmp_path, steps=50, max_nan_steps=3, output=str(source), validation_every=0),
-              str(source), show_progress=False)  # no validation: it would call predict too
+        train(host, opts(data_dir, tmp_path, steps=50, max_nan_steps=3, output=str(source), validation_every=0,
+                         probe_draws=0), str(source), show_progress=False)  # no measures: they would call predict too
     assert source.read_bytes() == before  # never overwritten by a failed run
     assert "saved to" in str(info.value)
     rescued = hypernet.load(str(info.value).split("saved to ")[1])
@@ -233,8 +233,8 @@ def test_crash_mid_run_never_overwrites_the_source(pipes, data_dir, tmp_path, mo
 
     monkeypatch.setattr(host, "predict", crash)
     with pytest.raises(RuntimeError, match="simulated"):
-        train(host, opts(data_dir, tmp_path, steps=10, output=str(source), validation_every=0), str(source),
-              show_progress=False)  # no validation: it would call predict too
+        train(host, opts(data_dir, tmp_path, steps=10, output=str(source), validation_every=0, probe_draws=0),
+              str(source), show_progress=False)  # no measures: they would call predict too
     assert source.read_bytes() == before
     assert list((tmp_path / "logs").rglob("src-2-unfinished.pt"))
 

@@ -137,7 +137,7 @@ def test_old_csv_gets_the_new_column_and_keeps_its_rows(tmp_path):
     path.write_text("step,epoch,epoch_step,loss,learn_rate\n1,0,0,0.5,1e-05\n")
     _upgrade_csv(path)
     rows = list(csv.reader(open(path)))
-    assert rows == [list(CSV_COLUMNS), ["1", "0", "0", "0.5", "1e-05", ""]]
+    assert rows == [list(CSV_COLUMNS), ["1", "0", "0", "0.5", "1e-05", "", "", ""]]
 
 
 def test_draws_carry_alpha_weights_like_training_batches(host, data_dir, tmp_path):

@@ -376,14 +376,21 @@ def test_compare_the_copies_of_a_run_and_keep_one(webui, sd_model, data_dir):
                                                             learning_rate=0.05)).json()
     status = wait(webui.client, job["job_id"])
     assert status["state"] == "completed" and status["val_loss"] is not None
-    runs = webui.client.get(f"{API}/runs").json()["runs"]
-    assert runs[0] == status["run_dir"]
+    assert status["prompt_kept"] > 0 and status["style"] > 0 and status["probe_step"] == 2
+    assert Path(status["suggested"]).parent.name == "hypernetworks" and status["suggested_step"] in (1, 2)
+    listing = webui.client.get(f"{API}/runs").json()
+    runs = listing["runs"]
+    assert runs[0] == status["run_dir"] and listing["suggested"][runs[0]] == status["suggested"]
+    history = webui.client.get(f"{API}/train/status", params={"job_id": job["job_id"], "history": True}).json()
+    assert [p[0] for p in history["probes"]] == [0, 1, 2] and "probes" not in status
     r = webui.client.post(f"{API}/compare", json={"run": status["run_dir"], "prompt": "a red square",
                                                   "strengths": "0, 1", "seed": 3, "steps": 2, "width": 64,
                                                   "height": 64})
     assert r.status_code == 200, r.text
     reply = r.json()
     assert [c["step"] for c in reply["copies"]] == [1, 2] and all(c["val_loss"] for c in reply["copies"]), reply["copies"]
+    assert all(c["prompt_kept"] and c["style"] for c in reply["copies"])
+    assert [c["path"] for c in reply["copies"] if c["suggested"]] == [status["suggested"]]
     assert [c["strength"] for c in reply["columns"]] == [0.0, 1.0]
     grid = Image.open(io.BytesIO(base64.b64decode(reply["image"])))
     assert Path(reply["files"][0]).parent == Path(status["run_dir"]) and Image.open(reply["files"][0]).size == grid.size

@@ -33,9 +33,12 @@ def current_run(panel: Panel) -> Optional[str]:
 
 
 def comparison_html(result) -> str:
-    """What the grid shows, one line per row: file, step, validation loss; the seed, and where it stopped."""
+    """What the grid shows, one line per row (its label's figures); the seed, and where it stopped."""
     lines = [f"{html.escape(c.path)}: step {c.step}"
-             + (f", validation loss {c.val_loss:.5f}" if c.val_loss is not None else "") for c in result.copies]
+             + (f", validation loss {c.val_loss:.5f}" if c.val_loss is not None else "")
+             + (f", prompt kept {c.prompt_kept:.2f}, style {c.style:.3f}" if c.prompt_kept is not None else "")
+             + (" (suggested: the strongest style that keeps the prompt)" if c.suggested else "")
+             for c in result.copies]
     done, total = result.cells
     stopped = "" if result.complete else f"<br>Stopped after {done} of {total} images; the grid shows those."
     written = f"<br>Grid saved to {html.escape(result.files[-1])}" if result.files else ""
@@ -53,7 +56,8 @@ def compare_click(panel: Panel, gr, run, *values, progress=None):
     except actions.ActionError as exc:
         return _error(exc), None, gr.update()
     paths = [c.path for c in result.copies]
-    return comparison_html(result), result.image, gr.update(choices=paths, value=None)
+    suggested = next((c.path for c in result.copies if c.suggested), None)  # preselected for Keep as final file
+    return comparison_html(result), result.image, gr.update(choices=paths, value=suggested)
 
 
 def keep_click(panel: Panel, copy, name, overwrite) -> str:

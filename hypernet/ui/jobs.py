@@ -21,6 +21,7 @@ from ..config import CreateOptions, TrainOptions
 
 log = logging.getLogger("hypernet")
 _counter = itertools.count(1)
+HISTORY = ("losses", "val_losses", "probes", "previews")  # the status lists that grow with every step or measure
 
 
 @dataclass
@@ -46,12 +47,18 @@ class JobStatus:
     val_loss: Optional[float] = None               # the latest validation loss
     val_step: Optional[int] = None                 # the step it was measured at
     val_losses: list = field(default_factory=list)  # (step, validation loss) at each evaluation
+    prompt_kept: Optional[float] = None            # the latest prompt kept (train.Trainer._probe)
+    style: Optional[float] = None                  # the latest style strength
+    probe_step: Optional[int] = None               # the step they were measured at
+    probes: list = field(default_factory=list)     # (step, prompt kept, style strength) at each measure
+    suggested: Optional[str] = None                # at the end: the suggested copy (probe.suggest)
+    suggested_step: Optional[int] = None
     previews: list = field(default_factory=list)   # preview image paths in order
     notes: list = field(default_factory=list)      # what the user should know about the data (skipped images...)
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
-        for key in ("losses", "val_losses", "previews", "notes"):
+        for key in HISTORY + ("notes",):
             out[key] = list(getattr(self, key))
         return out
 
@@ -169,6 +176,9 @@ class TrainJob:
                 self.status.val_losses[:] = trainer.val_points()
                 if self.status.val_losses:
                     self.status.val_step, self.status.val_loss = self.status.val_losses[-1]
+                self.status.probes[:] = trainer.probe_points()
+                if self.status.probes:
+                    self.status.probe_step, self.status.prompt_kept, self.status.style = self.status.probes[-1]
                 self.status.previews.extend(report.previews or ([report.preview] if report.preview else []))
             self._update(notes=list(trainer.notes), step=report.step, loss=report.loss, learn_rate=report.learn_rate,
                          it_per_s=report.it_per_s,
@@ -186,6 +196,7 @@ class TrainJob:
                     "came down)"] if result.overflow_steps else []
         # The copy written at an interrupt comes after the last progress report.
         self._update(state=result.stopped, step=result.step, output=result.output, loss=result.last_loss,
-                     notes=list(trainer.notes) + overflow,
+                     notes=list(trainer.notes) + overflow, suggested=result.suggested,
+                     suggested_step=result.suggested_step, probes=trainer.probe_points(),
                      last_saved=result.saved[-1] if result.saved else self.status.last_saved)
         self.runtime.finished()

@@ -200,6 +200,8 @@ def status_html(status: Optional[dict]) -> str:
         parts.append(f"loss {s['loss']:.5f}")
     if s.get("val_loss") is not None:
         parts.append(f"validation loss {s['val_loss']:.5f} (step {s['val_step']})")
+    if s.get("prompt_kept") is not None:
+        parts.append(f"prompt kept {s['prompt_kept']:.2f}, style {s['style']:.3f} (step {s['probe_step']})")
     if s.get("learn_rate") is not None:
         parts.append(f"lr {s['learn_rate']:.2e}")
     if s.get("it_per_s"):
@@ -209,6 +211,9 @@ def status_html(status: Optional[dict]) -> str:
         text += f". Saved {s['output']}"
     elif s.get("last_saved"):
         text += f". Last saved {s['last_saved']}"
+    if s.get("suggested"):
+        text += (f". Suggested copy: {s['suggested']} (step {s['suggested_step']}; Compare saved copies preselects "
+                 "it for Keep as final file)")
     notes = "".join(f". Note: {note}" for note in s.get("notes") or [])
     if s.get("error"):
         return _message(f"{text}{notes}. Error: {s['error']}", error=True)
@@ -223,7 +228,8 @@ def loss_image(status: Optional[dict]):
         return None
     steps, losses = zip(*points)
     val = tuple(map(list, zip(*status["val_losses"]))) if status.get("val_losses") else None
-    return render_loss(list(steps), list(losses), title=f"{status['name']} loss", size=(640, 320), validation=val)
+    return render_loss(list(steps), list(losses), title=f"{status['name']} loss", size=(640, 320), validation=val,
+                       probes=status.get("probes") or (), suggested=status.get("suggested_step"))
 
 
 def progress_outputs(status: Optional[dict]):

@@ -10,10 +10,14 @@
                                           the UI/API to write outside ..." is on; replacing another existing file
                                           needs `overwrite` (409), continuing a file into itself does not
     GET  /hypernet/v1/train/status        the job (?job_id=..., default the latest; ?history=true adds losses
-                                          [[step, loss], ...], val_losses [[step, loss], ...] and previews
-                                          [path, ...]; val_loss/val_step is the latest validation loss)
+                                          [[step, loss], ...], val_losses [[step, loss], ...], probes [[step,
+                                          prompt kept, style], ...] and previews [path, ...]; val_loss/val_step
+                                          is the latest validation loss, prompt_kept/style/probe_step the latest
+                                          measure, suggested/suggested_step the suggested copy at the end)
     POST /hypernet/v1/train/interrupt     stop after the current step; the trainer saves and exits
-    GET  /hypernet/v1/runs                training run folders in the log folder, newest first
+    GET  /hypernet/v1/runs                training run folders in the log folder, newest first, and `suggested`:
+                                          {run folder: its suggested copy, from the loss CSV's prompt_kept and
+                                          style, or null}
     POST /hypernet/v1/compare             CompareOptions fields + `run` (a run folder in the log folder): renders
                                           its saved copies (rows) at each prompt and strength (columns) with one
                                           seed; returns the rows, the grid's path in the run folder and the PNG
@@ -31,9 +35,11 @@ The models work with pydantic 1 (the webui's fastapi 0.94) and 2 (Forge, newer f
 import dataclasses
 from typing import Any, Optional
 
+from .. import compare as compare_copies
 from ..config import CompareOptions, CreateOptions, TrainOptions
 from ..ui import actions
 from ..ui.actions import CREATE_FIELDS, TRAIN_FIELDS
+from ..ui.jobs import HISTORY
 from .state import HypernetState, get_state
 from .training import WebuiRuntime
 
@@ -219,7 +225,7 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
             return {"state": "idle", "job_id": None}
         status = job.snapshot()
         if not history:
-            for key in ("losses", "val_losses", "previews"):
+            for key in HISTORY:
                 status.pop(key)
         return status
 
@@ -231,7 +237,8 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
         return {"job_id": job.job_id, "interrupting": True, "state": job.snapshot()["state"]}
 
     def runs():
-        return {"runs": actions.run_folders(the_state())}
+        folders = actions.run_folders(the_state())
+        return {"runs": folders, "suggested": {run: compare_copies.suggested_copy(run) for run in folders}}
 
     def compare(body: CompareRequest = Body(...)):  # type: ignore[valid-type]
         import base64
