@@ -112,10 +112,10 @@ def measures(run_dir: Optional[Path]) -> Dict[int, dict]:
     return out
 
 
-def _copy(path: Path, run_dir: Optional[Path]) -> Copy:
-    """A Copy of `path`, with what the trainer measured at its step looked up in `run_dir`'s log."""
+def _copy(path: Path, logged: Dict[int, dict]) -> Copy:
+    """A Copy of `path`, with what the trainer measured at its step looked up in `logged` (measures of its run)."""
     step = inspect(path).step
-    found = measures(run_dir).get(step, {}) if step is not None else {}
+    found = logged.get(step, {}) if step is not None else {}
     return Copy(str(path), step, *(found.get(k) for k in MEASURES))
 
 
@@ -164,10 +164,11 @@ def _natural(text: str) -> list:
 
 def _copies_of_run(run_dir: Path) -> List[Copy]:
     """A run's numbered copies, plus its final file when that holds a step no copy has (an interrupted run)."""
-    copies = [_copy(p, run_dir) for p in copy_files(run_dir)]
+    logged = measures(run_dir)  # the loss CSV, read once for all the run's copies
+    copies = [_copy(p, logged) for p in copy_files(run_dir)]
     final = run_settings(run_dir).get("output")
     if final and Path(final).is_file() and Path(final).suffix in SUFFIXES:
-        last = _copy(Path(final), run_dir)
+        last = _copy(Path(final), logged)
         if last.step not in {c.step for c in copies}:
             copies.append(last)
     return copies
@@ -191,7 +192,7 @@ def saved_copies(sources: Sequence) -> List[Copy]:
                                     "train with save_every > 0")
             found.extend(copies)
         elif path.is_file():
-            found.append(_copy(path, run_dir_of(path)))
+            found.append(_copy(path, measures(run_dir_of(path))))
         else:
             raise HypernetError(f"{path}: no such file or folder")
     copies, seen = [], set()
