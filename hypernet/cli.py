@@ -282,11 +282,11 @@ def _train_on(args, options, create, name, device: str, group) -> int:
     pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind or "auto",
                          prediction_type=args.prediction_type or "auto")
     _say_what_loaded(pipe)
-    host = DiffusersHost(pipe, device=device, dtype=dtype)
+    host = DiffusersHost(pipe, device=device, dtype=dtype, disposable=True)  # the process ends with the run
     if create is not None and args.dims is None:
         create = create.replace(dims=host.model_dims())
     trainer = Trainer(host, options, args.hypernetwork, create, name=args.name if args.hypernetwork else None,
-                      group=group)
+                      group=group, profile=args.profile)
     if not name:
         _refuse_overwrite(trainer.output, trainer.source_path, options.overwrite)
     result = trainer.run()
@@ -307,6 +307,10 @@ def _train_on(args, options, create, name, device: str, group) -> int:
         share = result.validation_seconds / max(result.seconds, 1e-9)
         print(f"validation loss: {curve} (scoring took {share:.1%} of the run)")
     _print_probes(result, options.prompt_kept_goal)
+    print(result.timing.line())
+    if args.profile:
+        print(result.timing.table())
+        print(f"per-step phases: {result.run_dir}/profile.csv; all figures: summary.json there")
     return 0
 
 
@@ -445,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="diffusers folder, or a .safetensors/.ckpt checkpoint")
     _add_model_flags(p)
     p.add_argument("--hypernetwork", help="continue training this .pt/.safetensors (with its .optim if present)")
+    p.add_argument("--profile", action="store_true",
+                   help="print where the time went, phase by phase, and write each step's phases to profile.csv "
+                        "in the run folder (every run prints a one-line summary)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="frozen model weights' precision")
     from .config import TrainOptions

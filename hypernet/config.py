@@ -308,6 +308,9 @@ class TrainOptions:
     vae: str = _opt("", "encode the images with this VAE instead of the model's: a diffusers AutoencoderKL folder or "
                     "a .safetensors VAE file (diffusers models; in the webui pick it in the SD VAE setting)",
                     group="data")
+    cache_text_embeddings: bool = _opt(True, "encode every prompt the captions and template can make once, before "
+                                       "step 0 (when tags are neither shuffled nor dropped), and free the text "
+                                       "encoder and VAE while no preview needs them", group="data")
     clip_skip: int = _opt(0, "condition on the text encoder's N-th layer from the end (2 for anime models trained "
                           "so); 0: the host's own setting (the webui's Clip skip, else 1). SDXL already uses its "
                           "penultimate layer: values up to 2 keep that, larger ones go further back", group="data")

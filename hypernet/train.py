@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime as _dt
 import io
 import json
@@ -21,7 +22,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from . import distributed, probe, schedule, validation
+from . import distributed, probe, schedule, timing, validation
 from .attach import attach
 from .config import DTYPES, CreateOptions, TrainOptions
 from .errors import HypernetError
@@ -32,6 +33,7 @@ log = logging.getLogger("hypernet")
 # The webui's columns first (its tools read them by position); the rest are ours, empty where not evaluated.
 CSV_COLUMNS = ("step", "epoch", "epoch_step", "loss", "learn_rate", "val_loss", "prompt_kept", "style")
 TRAINER_STATE_KEY = "hypernet_trainer_state"  # extra .optim key; the webui ignores keys it does not know
+TEXT_CACHE_BYTES = 1 << 30  # text embeddings kept at most; beyond it they are encoded as batches draw them
 
 
 # ---------------------------------------------------------------------------------------------- pure math
@@ -110,12 +112,10 @@ def replaces_other_file(output, source=None) -> bool:
 def build_optimizer(name: str, params, opts: TrainOptions, lr: float) -> torch.optim.Optimizer:
     """The optimizer named in the options, with the configured decay and betas."""
     params = list(params)
-    if name == "AdamW":
-        return torch.optim.AdamW(params, lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.eps,
-                                 weight_decay=opts.weight_decay)
-    if name == "Adam":
-        return torch.optim.Adam(params, lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.eps,
-                                weight_decay=opts.weight_decay)
+    if name in ("AdamW", "Adam"):
+        cls = torch.optim.AdamW if name == "AdamW" else torch.optim.Adam
+        return cls(params, lr=lr, betas=(opts.beta1, opts.beta2), eps=opts.eps, weight_decay=opts.weight_decay,
+                   **fast_adam(params))
     if name == "SGD":
         return torch.optim.SGD(params, lr=lr, momentum=opts.beta1, weight_decay=opts.weight_decay)
     if name == "AdamW8bit":
@@ -134,6 +134,15 @@ def build_optimizer(name: str, params, opts: TrainOptions, lr: float) -> torch.o
         return optimization.Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False,
                                       weight_decay=opts.weight_decay)
     raise HypernetError(f"optimizer: unknown {name!r}")
+
+
+def fast_adam(params) -> dict:
+    """Adam's fastest implementation for these parameters: fused (one kernel for all of them; 4x the default loop on
+    a CPU for the default file) where torch has it for their device and dtype, else foreach."""
+    kinds = {(p.device.type, p.dtype) for p in params}
+    fused_ok = all(device in ("cpu", "cuda") and dtype in (torch.float32, torch.float16, torch.bfloat16)
+                   for device, dtype in kinds)
+    return {"fused": True} if fused_ok and kinds else {"foreach": True}
 
 
 def _optional_package(module: str, optimizer: str, pip_name: str):
@@ -208,6 +217,7 @@ class TrainResult:
     suggested: Optional[str] = None                  # the suggested copy (probe.suggest), when any was measured
     suggested_step: Optional[int] = None
     seconds: float = 0.0                             # the whole loop, validation and measures included
+    timing: Optional[timing.Timing] = None           # where those seconds went, by phase (timing.py)
 
 
 @dataclass
@@ -259,9 +269,10 @@ class Trainer:
     def __init__(self, host, options: TrainOptions, hypernetwork: Union[Hypernetwork, str, os.PathLike, None] = None,
                  create: Optional[CreateOptions] = None, *, stop: Optional[threading.Event] = None,
                  on_progress: Optional[Callable[[Progress], None]] = None, show_progress: bool = True,
-                 name: Optional[str] = None, group: Optional[distributed.Group] = None):
+                 name: Optional[str] = None, group: Optional[distributed.Group] = None, profile: bool = False):
         """`group`: this process among data-parallel processes (default: the initialised torch.distributed
-        group, else a single process)."""
+        group, else a single process). `profile`: keep every step's phases (profile.csv in the run folder) and the
+        peak memory while training (a process of its own: on a CPU this resets the process's peak RSS)."""
         self.host = host
         self.opts = options
         self.group = group or distributed.current()
@@ -302,6 +313,12 @@ class Trainer:
         self._suggested_step: Optional[int] = None   # known at the end; loss.png marks it
         self.notes: list = []   # what the user should know about the data, one line each (skipped images...)
         self._overflowed = 0.0  # the loss scale of the last step if float16 scaling overflowed there, else 0
+        self.profile = profile
+        self.timer = timing.PhaseTimer(self.host.device, keep_rows=profile, measure_rss=profile)
+        self._text_fixed = False   # every prompt the run can draw is in _cond_cache (cache_text_embeddings)
+        self._probe_cond = None    # the probe prompts' conditioning, encoded before step 0
+        self._released = None      # brings back what _release_models freed (the text encoder, the VAE)
+        self._settings_file: Optional[Path] = None
 
     # ------------------------------------------------------------------------------------------ setup
     def _resolve_hypernetwork(self, hypernetwork, create, name) -> Hypernetwork:
@@ -415,49 +432,93 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ one step
     def _conditioning(self, prompts):
+        """The prompts' text conditioning, from the cache when the options keep prompts fixed."""
         cacheable = not self.opts.shuffle_tags and self.opts.tag_dropout == 0  # caption dropout only adds ""
         if not cacheable:
             return self.host.encode_prompts(prompts)
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._cond_cache]
-        if missing:
-            encoded = self.host.encode_prompts(missing)
-            for i, text in enumerate(missing):
-                self._cond_cache[text] = _index(encoded, i)
-            while len(self._cond_cache) > 1024:
-                self._cond_cache.pop(next(iter(self._cond_cache)))
+        self._encode_missing(prompts)
         return _stack([self._cond_cache[p] for p in prompts])
 
+    def _encode_missing(self, prompts) -> None:
+        """Encode the prompts not in the cache; beyond TEXT_CACHE_BYTES the oldest go, unless all were
+        precomputed."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cond_cache]
+        if not missing:
+            return
+        encoded = self.host.encode_prompts(missing)
+        for i, text in enumerate(missing):
+            self._cond_cache[text] = _index(encoded, i)
+        if self._text_fixed:
+            return
+        while len(self._cond_cache) > max(1, TEXT_CACHE_BYTES // _nbytes(next(iter(self._cond_cache.values())))):
+            self._cond_cache.pop(next(iter(self._cond_cache)))
+
+    def _precompute_text(self, dataset) -> None:
+        """Encode before step 0 every prompt the captions and template can make (when tags are neither shuffled nor
+        dropped), as kohya's cached text encoder outputs, and the probe prompts: no step encodes text after."""
+        started = time.perf_counter()
+        if self.probe_prompts:
+            self._probe_cond = self.host.encode_prompts(self.probe_prompts + [""])
+        prompts = dataset.possible_prompts() if self.opts.cache_text_embeddings else None
+        if prompts:
+            self._encode_missing(prompts[:16])
+            size = _nbytes(next(iter(self._cond_cache.values())))
+            if size * len(prompts) <= TEXT_CACHE_BYTES:
+                self._text_fixed = True
+                for i in range(16, len(prompts), 16):
+                    self._encode_missing(prompts[i:i + 16])
+            else:
+                log.info("%d prompts would take %.1f GiB of text embeddings; encoding them as batches draw them",
+                         len(prompts), size * len(prompts) / 2 ** 30)
+        self.timer.setup["text encoding"] = time.perf_counter() - started
+
+    def _release_models(self) -> None:
+        """Free the VAE (every latent is encoded) and the text encoder (every prompt is) while no preview needs
+        them: the host moves them off the GPU, or drops them from a pipeline that is this run's alone."""
+        release = getattr(self.host, "release", None)
+        o = self.opts
+        previews = bool(o.preview_every) and o.steps // o.preview_every > self.start_step // o.preview_every
+        if release is None or previews:
+            return
+        self._released = release(vae=True, text=self._text_fixed)
+
     def _micro_loss(self, batch, step: int, micro: int) -> torch.Tensor:
+        """One micro-batch's loss (this process's share of it), each part timed as its phase."""
         device = self.host.device
-        gen = step_generator(self.seed, step, micro)
-        x0 = batch.latents.to(device, torch.float32)
-        noise = sample_noise(tuple(x0.shape), self.opts.noise_offset, gen).to(device)
-        t = sample_timesteps(x0.shape[0], self.opts.timestep_min, self._timestep_high(), gen).to(device)
-        # dropout draws from the global generator: seed it per step so a resumed run repeats it
-        dropout_seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
-        # The draws above cover the global batch, so every layout of processes sees the same numbers; each
-        # process then keeps its own shard.
-        part = self.group.shard(len(x0))
-        if part.start == part.stop:
-            return torch.zeros((), device=device)
-        weights = None if batch.weights is None else batch.weights[part]
-        weighted = self._loss(x0[part], noise[part], t[part], batch.prompts[part], weights, dropout_seed)
-        if not self.group.active:
-            return weighted.mean()
-        return weighted.sum() / len(batch)  # this shard's part of the global mean: the all-reduce sums the parts
+        with self.timer.phase("data"):
+            gen = step_generator(self.seed, step, micro)
+            x0 = batch.latents.to(device, torch.float32)
+            noise = sample_noise(tuple(x0.shape), self.opts.noise_offset, gen).to(device)
+            t = sample_timesteps(x0.shape[0], self.opts.timestep_min, self._timestep_high(), gen).to(device)
+            # dropout draws from the global generator: seed it per step so a resumed run repeats it
+            dropout_seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
+            # The draws above cover the global batch, so every layout of processes sees the same numbers; each
+            # process then keeps its own shard.
+            part = self.group.shard(len(x0))
+            if part.start == part.stop:
+                return torch.zeros((), device=device)
+            weights = None if batch.weights is None else batch.weights[part]
+        with self.timer.phase("text"):
+            cond = self._conditioning(batch.prompts[part])
+        with self.timer.phase("forward"):
+            weighted = self._loss(x0[part], noise[part], t[part], cond, weights, dropout_seed)
+            if not self.group.active:
+                return weighted.mean()
+            return weighted.sum() / len(batch)  # this shard's part of the global mean: the all-reduce sums the parts
 
     def _timestep_high(self) -> int:
         return min(self.opts.timestep_max, len(self.host.alphas_cumprod))
 
-    def _loss(self, x0, noise, t, prompts, weights, dropout_seed: int, predictions: Optional[list] = None):
-        """Per-sample weighted MSE of the UNet's prediction on x0 noised to timesteps t (training and validation);
-        `predictions`, when given, receives the clean latent the prediction implies (for the style strength)."""
+    def _loss(self, x0, noise, t, cond, weights, dropout_seed: int, predictions: Optional[list] = None):
+        """Per-sample weighted MSE of the UNet's prediction on x0 noised to timesteps t under the text conditioning
+        `cond` (training and validation); `predictions`, when given, receives the clean latent the prediction
+        implies (for the style strength)."""
         device = self.host.device
         alpha_bar = self.host.alphas_cumprod.to(device)[t]
         x_t = noisy_latents(x0, noise, alpha_bar)
         if self.opts.gradient_checkpointing and torch.is_grad_enabled():
             x_t.requires_grad_(True)  # reentrant checkpoints pass gradients only when an input needs them
-        pred = self._predict(x_t, t, self._conditioning(prompts), dropout_seed)
+        pred = self._predict(x_t, t, cond, dropout_seed)
         if predictions is not None:
             # in float64 on the CPU: some devices (MPS) have no float64, and the figures are ratios of small changes
             cpu = [v.detach().cpu().double() for v in (pred, x_t, alpha_bar)]
@@ -515,7 +576,8 @@ class Trainer:
             noise = torch.stack([d.noise for d in chunk]).to(device, torch.float32)
             t = torch.tensor([d.timestep for d in chunk], device=device)
             weights = None if chunk[0].weight is None else torch.stack([d.weight for d in chunk])
-            total += float(self._loss(x0, noise, t, [d.prompt for d in chunk], weights, 0, predictions).sum())
+            cond = self._conditioning([d.prompt for d in chunk])
+            total += float(self._loss(x0, noise, t, cond, weights, 0, predictions).sum())
         return total / len(self.validation), torch.cat(predictions)
 
     @contextlib.contextmanager
@@ -575,7 +637,7 @@ class Trainer:
         o = self.opts
         draws = probe.make_probe_draws(self.validation[0].latent.shape, o.probe_draws, self.seed, o.timestep_min,
                                        self._timestep_high(), self.host.alphas_cumprod)
-        cond = self.host.encode_prompts(self.probe_prompts + [""])
+        cond = self._probe_cond if self._probe_cond is not None else self.host.encode_prompts(self.probe_prompts + [""])
         with self._evaluating(), self._strength(0.0):
             base = (self._probe_predictions(draws, cond), self._score_validation()[1])
         return draws, cond, base
@@ -610,8 +672,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.host.device.type, dtype=dtype)
 
-    def _grads_finite(self) -> bool:
-        return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.hn.parameters())
+    def _grad_sum(self) -> torch.Tensor:
+        """The sum of every gradient, on the device: finite exactly when they all are (a float32 sum overflows only
+        past gradients of 1e31, as unusable as inf), in one pass and one value to read back."""
+        grads = [p.grad for p in self.hn.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.host.device)
+        return torch.stack([g.float().sum() for g in grads]).sum()
 
     def _clip(self, step: int) -> None:
         if self.clip_schedule is None:
@@ -633,7 +700,8 @@ class Trainer:
                 "torch": torch.__version__}
         from . import __version__
         data["hypernet"] = __version__
-        atomic_write(self._settings_path(), json.dumps(data, indent=2, default=str).encode())
+        self._settings_file = self._settings_path()
+        atomic_write(self._settings_file, json.dumps(data, indent=2, default=str).encode())
 
     def _settings_path(self) -> Path:
         """settings.json for a run's first start; a resumed run in the same folder keeps it and writes its own."""
@@ -809,12 +877,36 @@ class Trainer:
                 raise HypernetError(f"{exc}{rescue}") from None
             raise
         handle.remove()
+        result.timing = self.timer.finish()
         try:  # the loggers stay open until the suggested copy, which needs the last files, is logged
             self._save_files(result)
         finally:
             self._close()
         self._draw_loss()
+        self._write_summary(result)
+        log.info("%s", result.timing.line())
         return result
+
+    def _write_summary(self, result: TrainResult) -> None:
+        """summary.json beside the run's settings (what it did and where its time went); profile.csv with --profile,
+        one row of phase seconds per step."""
+        if not self.group.writer:
+            return
+        name = self._settings_file.name.replace("settings", "summary", 1) if self._settings_file else "summary.json"
+        data = {"stopped": result.stopped, "start_step": result.start_step, "step": result.step,
+                "output": result.output, "last_loss": result.last_loss, "skipped_steps": result.skipped_steps,
+                "overflow_steps": result.overflow_steps, "device": str(self.host.device),
+                "timing": result.timing.to_dict()}
+        atomic_write(self.run_dir / name, json.dumps(data, indent=2).encode())
+        if self.profile and result.timing.rows:
+            columns = ("step", "step_seconds") + timing.PHASES[:-1]
+            text = io.StringIO()
+            writer = csv.writer(text)
+            writer.writerow(columns)
+            for row in result.timing.rows:
+                writer.writerow([row["step"]] + [f"{row.get(c, 0.0):.6f}" for c in columns[1:]])
+            atomic_write(self.run_dir / name.replace("summary", "profile", 1).replace(".json", ".csv"),
+                         text.getvalue().encode())
 
     def _save_files(self, result: TrainResult) -> None:
         """The copy at an interrupt, the final file, and the suggested copy among them."""
@@ -850,11 +942,15 @@ class Trainer:
             self.host.check_trainable()
         self._configure_host()  # before the dataset: the VAE encodes it
         self._freeze_host()
+        started = time.perf_counter()
         dataset = self._build_dataset()
+        self.timer.setup["images and latents"] = time.perf_counter() - started
         self.notes = dataset.notes()
         for note in self.notes:
             log.warning("%s: %s", opts.data, note)
         self.validation = self._build_validation(dataset)  # also where the style strength is measured
+        self._precompute_text(dataset)
+        self._release_models()
         log.info("training %s on %d images from %s", self.name, len(dataset), opts.data)
         if self.group.writer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -873,20 +969,29 @@ class Trainer:
         if opts.gradient_checkpointing and hasattr(self.host, "enable_gradient_checkpointing"):
             self.host.enable_gradient_checkpointing()
         # Every process draws the same global batches (batch_size per process) and trains on its shard of each.
-        self.batches = dataset.batches(opts.batch_size * self.group.world_size, random.Random(self.seed))
+        batches = dataset.batches(opts.batch_size * self.group.world_size, random.Random(self.seed))
         for _ in range(self.batches_consumed):
-            next(self.batches)
+            next(batches)
+        self.batches = _Staged(batches, torch.device(self.host.device))
         self.bar = self._progress_bar()
 
     def _loop(self, result: TrainResult) -> None:
         opts = self.opts
         step, nan_run, window = self.start_step, 0, []
         started = time.perf_counter()
-        self._validate(step, result)  # where the curves start: the file as it came in
-        self._probe(step, result)
+        self.timer.start()
+        with self.timer.phase("validation"):
+            self._validate(step, result)  # where the curves start: the file as it came in
+            self._probe(step, result)
         while step < opts.steps and not self._stopping():
             lr = self._lr(step)
+            self.timer.begin_step(step + 1)
             loss, batch = self._accumulate(step, lr)
+            if loss is not None:
+                with self.timer.phase("optimizer"):
+                    self._apply_update(step)
+            else:
+                self.timer.abandon_step()
             if loss is None and self._overflowed:
                 result.overflow_steps += 1
                 log.info("step %d: float16 gradients overflowed at loss scale %g; step skipped, scale lowered",
@@ -903,37 +1008,44 @@ class Trainer:
                         "precision")
                 continue
             nan_run = 0
-            self._apply_update(step)
             step += 1
             self.hn.step = result.step = step
             result.last_loss = loss
             window.append(loss)
-            self._plot_points[0].append(step)
-            self._plot_points[1].append(loss)
-            self._log_step(step, loss, lr)
-            report = Progress(step, opts.steps, loss, lr, batch.epoch, batch.epoch_step,
-                              (step - self.start_step) / max(time.perf_counter() - started, 1e-9))
+            with self.timer.phase("logging"):
+                self._plot_points[0].append(step)
+                self._plot_points[1].append(loss)
+                self._log_step(step, loss, lr)
+                report = Progress(step, opts.steps, loss, lr, batch.epoch, batch.epoch_step,
+                                  (step - self.start_step) / max(time.perf_counter() - started, 1e-9))
             saving = bool(opts.save_every) and step % opts.save_every == 0
             last = step == opts.steps or self._stopping()
-            if opts.validation_every and (step % opts.validation_every == 0 or saving or last):
-                report.val_loss = self._validate(step, result)
-            if saving or last:
-                report.prompt_kept, report.style = self._probe(step, result) or (None, None)
-            measured = report.val_loss is not None or report.prompt_kept is not None
-            if measured or (opts.log_every and (step % opts.log_every == 0 or last)):
-                figures = [_csv_number(report.val_loss), _csv_number(report.prompt_kept), _csv_number(report.style)]
-                self._append_csv((step, batch.epoch, batch.epoch_step, f"{sum(window) / len(window):.7f}",
-                                  f"{lr:.10g}", *figures))
-                window = []
-            if saving:
-                report.saved = self._save_copy(step)
-                result.saved.append(report.saved)
+            validating = bool(opts.validation_every) and (step % opts.validation_every == 0 or saving or last)
+            with self.timer.phase("validation", occasional=validating or saving or last):
+                if validating:
+                    report.val_loss = self._validate(step, result)
+                if saving or last:
+                    report.prompt_kept, report.style = self._probe(step, result) or (None, None)
+            with self.timer.phase("logging", occasional=saving):
+                measured = report.val_loss is not None or report.prompt_kept is not None
+                if measured or (opts.log_every and (step % opts.log_every == 0 or last)):
+                    figures = [_csv_number(report.val_loss), _csv_number(report.prompt_kept),
+                               _csv_number(report.style)]
+                    self._append_csv((step, batch.epoch, batch.epoch_step, f"{sum(window) / len(window):.7f}",
+                                      f"{lr:.10g}", *figures))
+                    window = []
+                if saving:
+                    report.saved = self._save_copy(step)
+                    result.saved.append(report.saved)
             if opts.preview_every and step % opts.preview_every == 0:
-                report.previews = self._previews(step, batch)
+                with self.timer.phase("validation", occasional=True):
+                    report.previews = self._previews(step, batch)
                 report.preview = report.previews[-1] if report.previews else None
                 result.previews.extend(report.previews)
                 self._log_previews(step, report.previews)
-            self._report(report)
+            with self.timer.phase("logging"):
+                self._report(report)
+            self.timer.end_step()
         result.seconds = time.perf_counter() - started
 
     def _accumulate(self, step: int, lr: float):
@@ -941,34 +1053,38 @@ class Trainer:
         opts = self.opts
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total, batch, finite = 0.0, None, True
+        losses, batch = [], None
         self._overflowed = 0.0
         for micro in range(opts.gradient_accumulation):
-            batch = next(self.batches)
-            self.batches_consumed += 1
+            with self.timer.phase("data"):
+                batch = next(self.batches)
+                self.batches_consumed += 1
             loss = self._micro_loss(batch, step, micro)
-            if not bool(torch.isfinite(loss)):
-                if not self.group.active:
-                    self._drop_gradients()
-                    return None, batch
-                finite = False  # the others still reach the all-reduce below, which tells them
-                continue
-            scaled = loss / opts.gradient_accumulation
             if loss.requires_grad:  # an empty shard has nothing to differentiate
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total += float(loss.detach()) / opts.gradient_accumulation
+                with self.timer.phase("backward"):
+                    scaled = loss / opts.gradient_accumulation
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            losses.append(loss.detach().float())
+        with self.timer.phase("data"):
+            self.batches.stage()  # read and copy the next batch while the device still works on this one
+        with self.timer.phase("optimizer"):
+            return self._checked_loss(torch.stack(losses).mean()), batch
+
+    def _checked_loss(self, loss: torch.Tensor) -> Optional[float]:
+        """The step's mean loss when it and every (unscaled, summed across processes) gradient are finite, else None
+        with the gradients dropped; one read from the device per step, after the next batch is on its way."""
+        total, finite = None, True
         if self.group.active:
-            total, finite = self._all_reduce(total, finite)
-            if not finite:
-                self._drop_gradients()
-                return None, batch
+            total, finite = self._all_reduce(float(loss), True)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if not self._grads_finite():
-            self._overflowed = self._overflow_scale()
-            self._drop_gradients()
-            return None, batch
-        return total, batch
+        value, grads = (float(v) for v in torch.stack([loss, self._grad_sum()]).tolist())
+        if finite and math.isfinite(value) and math.isfinite(grads):
+            return value if total is None else total
+        # Non-finite gradients from a finite loss under float16 scaling: an overflow, which lowers the scale.
+        self._overflowed = self._overflow_scale() if finite and math.isfinite(value) else 0.0
+        self._drop_gradients()
+        return None
 
     def _overflow_scale(self) -> float:
         """The loss scale when non-finite gradients came from float16 loss scaling (a finite loss, a scale with room
@@ -1004,12 +1120,11 @@ class Trainer:
             self.scaler.update()  # also resets the unscale bookkeeping for the next step
 
     def _apply_update(self, step: int) -> None:
+        """Clip and step on gradients known finite (already unscaled), then let the scaler raise its scale."""
         self._clip(step)
+        self.optimizer.step()  # not scaler.step, which would read the inf check back once more
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def _draw_loss(self) -> None:
@@ -1029,6 +1144,9 @@ class Trainer:
         self._finish_modules()
 
     def _finish_modules(self) -> None:
+        if self._released is not None:
+            self._released()  # the host's text encoder and VAE back where they were
+            self._released = None
         self._restore_host()
         if self.opts.gradient_checkpointing and hasattr(self.host, "disable_gradient_checkpointing"):
             self.host.disable_gradient_checkpointing()
@@ -1082,6 +1200,42 @@ def _upgrade_csv(path: Path) -> None:
 def _csv_number(value: Optional[float]) -> str:
     """A measured figure for the CSV, empty where it was not measured."""
     return "" if value is None else f"{value:.7f}"
+
+
+class _Staged:
+    """The batch stream one batch ahead: stage() reads the next batch and starts its latents' copy to the device
+    (from pinned memory, not waiting, on CUDA) while the device still works on the step before."""
+
+    def __init__(self, batches, device: torch.device):
+        self.batches = batches
+        self.device = device
+        self.staged = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = self.staged if self.staged is not None else self._copy(next(self.batches))
+        self.staged = None
+        return batch
+
+    def stage(self) -> None:
+        """Read the next batch now."""
+        if self.staged is None:
+            self.staged = self._copy(next(self.batches))
+
+    def _copy(self, batch):
+        if self.device.type != "cuda":
+            return batch
+        move = lambda t: t if t is None or t.device.type != "cpu" else \
+            t.pin_memory().to(self.device, non_blocking=True)  # noqa: E731
+        return dataclasses.replace(batch, latents=move(batch.latents), weights=move(batch.weights))
+
+
+def _nbytes(cond) -> int:
+    """The bytes of one prompt's conditioning (a tensor, or SDXL's dict of them)."""
+    parts = cond.values() if isinstance(cond, dict) else [cond]
+    return sum(t.numel() * t.element_size() for t in parts)
 
 
 def _index(cond, i: int):

@@ -111,11 +111,21 @@ def _fingerprint(model) -> str:
     return digest.hexdigest()
 
 
+def _empty_cache(device: torch.device) -> None:
+    """Give memory freed on the device back to it, so the next user (or a peak reading) sees it free."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 class DiffusersHost:
     """Trainer-facing adapter for a diffusers StableDiffusion(XL)Pipeline."""
 
-    def __init__(self, pipe, device=None, dtype: Optional[torch.dtype] = None):
+    def __init__(self, pipe, device=None, dtype: Optional[torch.dtype] = None, disposable: bool = False):
+        """`disposable`: the pipeline is this run's alone (the CLI's), so release() may drop parts for good on a
+        CPU, where there is no other memory to move them to."""
         _require_diffusers()
+        self.disposable = disposable
+        self._dropped: set = set()
         from diffusers import DDPMScheduler
         self.pipe = pipe
         self.unet = pipe.unet
@@ -197,6 +207,8 @@ class DiffusersHost:
         for module, wanted in [(self.unet, self.dtype), (self.vae, vae_dtype)] + [(t, self.dtype)
                                                                                  for t in self.text_encoders]:
             param = next(module.parameters())
+            if param.device.type == "meta":  # dropped by release(): nothing to move
+                continue
             if param.device != self.device or param.dtype != wanted:
                 module.to(self.device, wanted)
         return self
@@ -230,6 +242,7 @@ class DiffusersHost:
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor):
         """(mean, std) of the scaled latent Gaussian for pixels in [-1, 1]."""
+        self._check_kept("vae")
         vae_dtype = next(self.vae.parameters()).dtype
         dist = self.vae.encode(pixels.to(self.device, vae_dtype)).latent_dist
         mean = (dist.mean.float() - self.shift_factor) * self.scaling_factor
@@ -237,6 +250,7 @@ class DiffusersHost:
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        self._check_kept("vae")
         vae_dtype = next(self.vae.parameters()).dtype
         x = latents.to(self.device, vae_dtype) / self.scaling_factor + self.shift_factor
         return self.vae.decode(x).sample.float().clamp(-1, 1)
@@ -245,9 +259,45 @@ class DiffusersHost:
         return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids.to(self.device)
 
+    def release(self, vae: bool, text: bool):
+        """Free the VAE and/or text encoders while training does not need them: off the GPU to the CPU, or on a CPU,
+        from a disposable pipeline, dropped. Returns what brings them back (dropped parts stay dropped)."""
+        parts = ([self.vae] if vae else []) + (list(self.text_encoders) if text else [])
+        if not parts:
+            return lambda: None
+        if self.device.type != "cpu":
+            for module in parts:
+                module.to("cpu")
+            _empty_cache(self.device)
+
+            def bring_back():
+                for module in parts:
+                    module.to(self.device)
+            return bring_back
+        if self.disposable:
+            self._drop(vae, text)
+        return lambda: None
+
+    def _drop(self, vae: bool, text: bool) -> None:
+        """Let go of the parts for good: their weights go to the meta device, which holds none."""
+        for name, wanted in (("vae", vae), ("text encoder", text)):
+            if wanted:
+                modules = [self.vae] if name == "vae" else self.text_encoders
+                for module in modules:
+                    module.to("meta")
+                self._dropped.add(name)
+        import gc
+        gc.collect()
+
+    def _check_kept(self, name: str) -> None:
+        if name in self._dropped:
+            raise HypernetError(f"the {name} was freed once training no longer needed it; load the model again "
+                                "to use it")
+
     @torch.no_grad()
     def encode_prompts(self, texts):
         """Text conditioning: a [B, 77, D] tensor (SD1/2) or a dict with pooled embeddings (SDXL)."""
+        self._check_kept("text encoder")
         if not self.is_sdxl:
             te = self.text_encoders[0]
             if self._clip_skip <= 1:
@@ -284,6 +334,8 @@ class DiffusersHost:
     def sample(self, prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0,
                seed: int = 0, width: int = 512, height: int = 512, sampler_name: Optional[str] = None):
         """One preview image as PIL (`sampler_name` is a webui notion; the pipeline's scheduler is used)."""
+        self._check_kept("text encoder")
+        self._check_kept("vae")
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         result = self.pipe(**self._embeddings(prompt, negative_prompt), num_inference_steps=int(steps),
                            guidance_scale=float(cfg_scale), width=int(width), height=int(height),
