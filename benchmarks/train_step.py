@@ -9,8 +9,13 @@ Variants, each run in its own process so peak memory is its own (same script, sa
           (the webui's Train tab undoes attention optimisations), the hypernetwork recomputed in every layer, same
           hypernetwork and AdamW step
 
+Precisions (--dtype): fp32; fp16 (autocast, with a GradScaler's loss scaling as the trainer uses); bf16; fp8 and
+fp8-bf16 (Linear / Conv2d weights stored as float8_e4m3fn and cast to float16 / bfloat16 per call, as the webui's
+FP8 mode and Forge's --unet-in-fp8 do). The AdamW step is the trainer's own (hypernet.train.build_optimizer).
+
 Usage: python benchmarks/train_step.py [--quick] [--device cuda] [--dtype fp16] [--latent 64] [--repeats 3]
 Prints seconds per step, peak memory, and the ratios ours/floor and webui/ours. Nothing here is asserted.
+benchmarks/gpu.py runs the same variants for every precision and batch in one process.
 """
 from __future__ import annotations
 
@@ -29,6 +34,37 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from unet_configs import SD15, SDXL, TINY  # noqa: E402
 
 CONFIGS = {"tiny": TINY, "sd15": SD15, "sdxl": SDXL}
+# precision name -> (compute dtype, Linear/Conv2d weights stored in float8_e4m3fn)
+PRECISIONS = {"fp32": ("float32", False), "fp16": ("float16", False), "bf16": ("bfloat16", False),
+              "fp8": ("float16", True), "fp8-bf16": ("bfloat16", True)}
+
+
+def precision(name: str):
+    """(compute dtype, fp8 storage) for a precision name."""
+    import torch
+    dtype_name, fp8 = PRECISIONS[name]
+    return getattr(torch, dtype_name), fp8
+
+
+def store_fp8(unet, compute_dtype) -> None:
+    """Keep every Linear / Conv2d weight and bias in float8_e4m3fn, cast to compute_dtype on each call."""
+    import torch
+    import torch.nn.functional as F
+
+    def cast(t):
+        return None if t is None else t.to(compute_dtype)
+
+    def linear(self, x):
+        return F.linear(x.to(compute_dtype), cast(self.weight), cast(self.bias))
+
+    def conv(self, x):
+        return self._conv_forward(x.to(compute_dtype), cast(self.weight), cast(self.bias))
+
+    for module in unet.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            module.to(torch.float8_e4m3fn)
+            forward = linear if isinstance(module, torch.nn.Linear) else conv
+            module.forward = forward.__get__(module)
 
 
 class _ScalarHooks:
@@ -46,8 +82,11 @@ class _ScalarHooks:
             h.remove()
 
 
-def build(config_name: str, device: str, dtype, latent: int):
-    """(unet, hypernetwork, step inputs) for one config, seeded: the same weights and inputs in every process."""
+def build(config_name: str, device: str, dtype, latent: int, batch: int = 1, fp8: bool = False):
+    """(unet, hypernetwork, step inputs) for one config, seeded: the same weights and inputs in every process.
+
+    The UNet is in dtype (with fp8, its Linear / Conv2d weights in float8 computing in dtype); the hypernetwork
+    stays float32, as the trainer keeps its master weights."""
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -55,30 +94,54 @@ def build(config_name: str, device: str, dtype, latent: int):
     torch.manual_seed(0)
     config = CONFIGS[config_name]
     unet = UNet2DConditionModel(**config).to(device, dtype)
-    width = config["cross_attention_dim"]
-    hn = hypernet.create(dims=[width] + list(config["block_out_channels"][:3]), seed=0).to(device)
-    inputs = {"sample": torch.randn(1, 4, latent, latent, device=device, dtype=dtype),
-              "timestep": torch.tensor([500], device=device),
-              "encoder_hidden_states": torch.randn(1, 77, width, device=device, dtype=dtype)}
+    if fp8:
+        store_fp8(unet, dtype)
+    hn = hypernet.create(dims=[config["cross_attention_dim"]] + list(config["block_out_channels"][:3]),
+                         seed=0).to(device)
+    return unet, hn, make_inputs(config_name, device, dtype, latent, batch)
+
+
+def make_inputs(config_name: str, device: str, dtype, latent: int, batch: int = 1) -> dict:
+    """Seeded UNet inputs for one step: noisy latents, a timestep, a 77-token context (and SDXL's extras)."""
+    import torch
+    config = CONFIGS[config_name]
+    generator = torch.Generator().manual_seed(1)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(device, dtype)
+
+    inputs = {"sample": randn(batch, 4, latent, latent), "timestep": torch.full((batch,), 500, device=device),
+              "encoder_hidden_states": randn(batch, 77, config["cross_attention_dim"])}
     if config.get("addition_embed_type") == "text_time":
-        inputs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 1280, device=device, dtype=dtype),
-                                       "time_ids": torch.tensor([[latent * 8] * 2 + [0, 0] + [latent * 8] * 2],
+        inputs["added_cond_kwargs"] = {"text_embeds": randn(batch, 1280),
+                                       "time_ids": torch.tensor([[latent * 8] * 2 + [0, 0] + [latent * 8] * 2] * batch,
                                                                 device=device, dtype=dtype)}
-    return unet, hn, inputs
+    return inputs
 
 
-def prepare(unet, hn, inputs: dict, variant: str, device: str, dtype, optimizer: bool = True):
+def trainer_optimizer(params):
+    """The trainer's own AdamW (hypernet.train.build_optimizer, default options) at a rate that leaves weights be."""
+    from hypernet.config import TrainOptions
+    from hypernet.train import build_optimizer
+    return build_optimizer("AdamW", params, TrainOptions(), 1e-12)
+
+
+def prepare(unet, hn, inputs: dict, variant: str, device: str, dtype, optimizer: bool = True, scaler=None):
     """(step, undo) for one variant on an already built UNet; undo restores the UNet for the next variant.
 
     `ours` and `webui` end with an AdamW step on the hypernetwork (a full training step); `ours-nocache`
     recomputes the hypernetwork in every layer as the webui does, and `ours-noopt` skips the optimizer step;
-    otherwise both are `ours`."""
+    otherwise both are `ours`. Below float32 the UNet runs under autocast; in float16 the loss is scaled by a
+    GradScaler (scaler, or a new one), which also steps the optimizer, as in the trainer."""
     import torch
     from diffusers.models.attention_processor import AttnProcessor
 
     import hypernet
     processors = unet.attn_processors
     opt = None
+    # float8 cannot add a gradient to a kept one: the webui's way at fp8 computes the UNet's weight gradients and
+    # drops those of the float8 weights after each step
+    fp8_params = [p for p in unet.parameters() if p.dtype == torch.float8_e4m3fn] if variant == "webui" else []
     if variant == "floor":
         unet.requires_grad_(False)
         scale = torch.ones((), device=device, requires_grad=True)
@@ -90,8 +153,12 @@ def prepare(unet, hn, inputs: dict, variant: str, device: str, dtype, optimizer:
         hn.requires_grad_(True).train()
         handle = hypernet.attach(unet, [(hn, 1.0)], warn=False, cache=variant in ("ours", "ours-noopt"))
         if optimizer and variant != "ours-noopt":
-            opt = torch.optim.AdamW(hn.parameters(), lr=1e-12)  # a real step that leaves the weights near alone
-    autocast = torch.autocast(device, dtype=dtype) if device == "cuda" and dtype != torch.float32 else None
+            opt = trainer_optimizer(hn.parameters())  # a real step that leaves the weights near alone
+    autocast = torch.autocast(device, dtype=dtype) if dtype != torch.float32 else None
+    if dtype == torch.float16 and scaler is None:
+        scaler = torch.amp.GradScaler(device)
+    elif dtype != torch.float16:
+        scaler = None
 
     def step():
         if autocast is not None:
@@ -99,10 +166,14 @@ def prepare(unet, hn, inputs: dict, variant: str, device: str, dtype, optimizer:
                 out = unet(**inputs).sample
         else:
             out = unet(**inputs).sample
-        (out.float() ** 2).mean().backward()
-        if opt is not None:
+        loss = (out.float() ** 2).mean()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if opt is not None and scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        elif opt is not None:
             opt.step()
-        for p in hn.parameters():
+        for p in list(hn.parameters()) + fp8_params:
             p.grad = None
         # the webui's way never zeroes the UNet's gradients; they keep their memory for the whole run
 
@@ -119,8 +190,8 @@ def prepare(unet, hn, inputs: dict, variant: str, device: str, dtype, optimizer:
 def run_variant(config_name: str, variant: str, device: str, dtype_name: str, latent: int, repeats: int) -> dict:
     """Build the UNet, run warmup + timed steps of one variant, return seconds/step and peak memory."""
     import torch
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
-    unet, hn, inputs = build(config_name, device, dtype, latent)
+    dtype, fp8 = precision(dtype_name)
+    unet, hn, inputs = build(config_name, device, dtype, latent, fp8=fp8)
     step, undo = prepare(unet, hn, inputs, variant, device, dtype)
 
     def sync():
@@ -148,7 +219,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny UNet only")
     parser.add_argument("--configs", default=None, help="comma list of tiny, sd15, sdxl")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--dtype", default="fp32", choices=tuple(PRECISIONS))
     parser.add_argument("--latent", type=int, default=64, help="latent side (64 = 512 px; 128 = 1024 px)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
