@@ -7,7 +7,8 @@ into --work, or --model), batch 1, four captioned images, the default template, 
 or saves:
   cli     `python -m hypernet train` run twice, with a few and with more steps; its steady step is the difference in
           the process's CPU seconds divided by the difference in steps (so loading and setup cancel), and its peak
-          memory while training comes from the longer run's summary.json, with the per-phase figures.
+          memory while training comes from the longer run's summary.json (--profile), with the per-phase figures;
+          "cli process" is the whole process's peak, loading included.
   bench   the benchmark's step (benchmarks/train_step.py, "ours": forward, backward and the optimizer on the same
           UNet and hypernetwork, fixed inputs) in a process of its own, and one prompt through the model's text
           encoder: the allowance for a step that encodes its caption.
@@ -22,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,12 +43,18 @@ def thread_env(threads: int, tree: Path) -> dict:
     return env
 
 
-def child(cmd: list, env: dict) -> str:
-    """Run a command to its end (os.times() then counts its CPU seconds among the children's); its stdout."""
-    proc = subprocess.run(cmd, capture_output=True, env=env, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout
+def child(cmd: list, env: dict) -> tuple:
+    """Run a command to its end: (its stdout, its CPU seconds, its peak resident memory in bytes), from the kernel's
+    own accounting of that one process."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{err.read()[-3000:]}")
+        return out.read(), usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
 def cli_run(model: Path, data: Path, logs: Path, latent: int, steps: int, threads: int, tree: Path) -> dict:
@@ -57,18 +65,15 @@ def cli_run(model: Path, data: Path, logs: Path, latent: int, steps: int, thread
            "--name", name, *FLAGS]
     if "--profile" in (tree / "hypernet" / "cli.py").read_text():  # an older checkout may not have it
         cmd.append("--profile")
-    before = os.times()
-    child(cmd, thread_env(threads, tree))
-    after = os.times()
-    seconds = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    _, seconds, peak = child(cmd, thread_env(threads, tree))
     summaries = sorted(logs.glob(f"*/{name}/summary*.json"), key=os.path.getmtime)
     timing = json.loads(summaries[-1].read_text())["timing"] if summaries else None
-    return {"cpu_seconds": seconds, "timing": timing}
+    return {"cpu_seconds": seconds, "peak_bytes": peak, "timing": timing}
 
 
 def bench_step(model: Path, latent: int, repeats: int) -> dict:
-    """In this process: the benchmark's step on the model's UNet (CPU seconds, fastest of `repeats`), its peak memory
-    while stepping, and one prompt through the model's text encoder."""
+    """In this process: the benchmark's step on the model's UNet (CPU seconds, the mean of `repeats` after one),
+    its peak memory while stepping, and one prompt through the model's text encoder."""
     import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -92,12 +97,12 @@ def bench_step(model: Path, latent: int, repeats: int) -> dict:
     step, _ = train_step.prepare(unet, hn, inputs, "ours", "cpu", torch.float32)
     reset_peak_rss()
     step()
-    times = []
+    started = time.process_time()
     for _ in range(repeats):
-        started = time.process_time()
         step()
-        times.append(time.process_time() - started)
-    return {"step_seconds": min(times), "text_seconds": text_seconds, "peak_bytes": peak_rss()}
+    # the mean, as the CLI's figure is: a difference of whole runs
+    return {"step_seconds": (time.process_time() - started) / repeats, "text_seconds": text_seconds,
+            "peak_bytes": peak_rss()}
 
 
 def ensure_model(args) -> tuple:
@@ -124,16 +129,16 @@ def measure(args, latent: int, model: Path, data: Path) -> dict:
     b = cli_run(model, data, logs, latent, long, args.threads, tree)
     bench_cmd = [sys.executable, __file__, "--bench-step", str(latent), "--model", str(model),
                  "--repeats", str(args.repeats)]
-    out = child(bench_cmd, thread_env(args.threads, ROOT))
+    out, _, _ = child(bench_cmd, thread_env(args.threads, ROOT))
     bench = json.loads(out.strip().splitlines()[-1])
     return {"latent": latent, "cli_step": (b["cpu_seconds"] - a["cpu_seconds"]) / (long - short),
-            "cli_timing": b["timing"], **bench}
+            "cli_timing": b["timing"], "cli_process_peak": b["peak_bytes"], **bench}
 
 
 def report(rows: list) -> None:
     """The table: seconds per step, the goal's ratio, peak memory, and the CLI's phases."""
     print(f"\n{'latent':>6} {'px':>4} {'cli s':>7} {'bench s':>8} {'text s':>7} {'cli/(bench+text)':>17} "
-          f"{'cli GiB':>8} {'bench GiB':>9} {'mem ratio':>9}")
+          f"{'cli GiB':>8} {'bench GiB':>9} {'mem ratio':>9} {'cli process GiB':>15}")
     for r in rows:
         timing = r["cli_timing"] or {}
         cli_peak = timing.get("peak_bytes")
@@ -141,7 +146,7 @@ def report(rows: list) -> None:
         cli_gib = f"{cli_peak / 2 ** 30:>8.2f}" if cli_peak else f"{'-':>8}"
         print(f"{r['latent']:>6} {8 * r['latent']:>4} {r['cli_step']:>7.3f} {r['step_seconds']:>8.3f} "
               f"{r['text_seconds']:>7.3f} {r['cli_step'] / (r['step_seconds'] + r['text_seconds']):>17.3f} "
-              f"{cli_gib} {r['peak_bytes'] / 2 ** 30:>9.2f} {mem}")
+              f"{cli_gib} {r['peak_bytes'] / 2 ** 30:>9.2f} {mem} {r['cli_process_peak'] / 2 ** 30:>15.2f}")
     for r in rows:
         timing = r["cli_timing"]
         if timing:
@@ -154,7 +159,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latents", default="8,32,64")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="benchmark steps timed (the fastest counts)")
+    parser.add_argument("--repeats", type=int, default=3, help="benchmark steps timed after a first one (their mean)")
     parser.add_argument("--work", default="benchmark-work", help="folder for the model, images and run logs")
     parser.add_argument("--model", help="an SD1.5-shaped diffusers folder to use instead of building one")
     parser.add_argument("--tree", help="run the CLI of this checkout instead of this one")

@@ -38,6 +38,8 @@ def test_gpu_benchmark_runs_on_cpu_and_writes_its_figures(tmp_path):
     cli = report["cli"]
     assert cli["returncode"] == 0 and cli["run_folder"], cli
     assert f"CLI run: exit 0, run folder {cli['run_folder']}" in out.stdout
-    # once --profile lands: assert cli["profile_flag"] and cli["timing"]["phases"] (forward, backward, rest ...)
-    # sum to cli["timing"]["seconds"], that a "time:" line was printed (cli["time_line"]), and that
-    # 0 <= cli["non_unet_share"] < 1; until then the script prints "CLI profile not available".
+    assert cli["profile_flag"] and cli["time_line"].startswith("time: 3 steps in "), cli
+    phases = cli["timing"]["phases"]
+    assert phases["forward"] > 0 and phases["backward"] > 0 and "rest" in phases
+    assert math.isclose(sum(phases.values()), cli["timing"]["seconds"], rel_tol=1e-6)
+    assert 0 <= cli["non_unet_share"] < 1

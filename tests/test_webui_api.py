@@ -378,6 +378,9 @@ def test_compare_the_copies_of_a_run_and_keep_one(webui, sd_model, data_dir):
     assert status["state"] == "completed" and status["val_loss"] is not None
     assert status["prompt_kept"] > 0 and status["style"] > 0 and status["probe_step"] == 2
     assert Path(status["suggested"]).parent.name == "hypernetworks" and status["suggested_step"] in (1, 2)
+    assert status["timing"].startswith("time: 2 steps in ") and "UNet forward" in status["timing"]
+    from hypernet.ui.tabs import status_html
+    assert "Time: 2 steps in " in status_html(status)  # the Train tab's last message says where the time went
     listing = webui.client.get(f"{API}/runs").json()
     runs = listing["runs"]
     assert runs[0] == status["run_dir"] and listing["suggested"][runs[0]] == status["suggested"]

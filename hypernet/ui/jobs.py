@@ -55,6 +55,7 @@ class JobStatus:
     suggested_step: Optional[int] = None
     previews: list = field(default_factory=list)   # preview image paths in order
     notes: list = field(default_factory=list)      # what the user should know about the data (skipped images...)
+    timing: Optional[str] = None                   # at the end: where the run's time went (timing.Timing.line)
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -196,7 +197,7 @@ class TrainJob:
                     "came down)"] if result.overflow_steps else []
         # The copy written at an interrupt comes after the last progress report.
         self._update(state=result.stopped, step=result.step, output=result.output, loss=result.last_loss,
-                     notes=list(trainer.notes) + overflow, suggested=result.suggested,
+                     notes=list(trainer.notes) + overflow, suggested=result.suggested, timing=result.timing.line(),
                      suggested_step=result.suggested_step, probes=trainer.probe_points(),
                      last_saved=result.saved[-1] if result.saved else self.status.last_saved)
         self.runtime.finished()

@@ -215,6 +215,8 @@ def status_html(status: Optional[dict]) -> str:
         text += (f". Suggested copy: {s['suggested']} (step {s['suggested_step']}; Compare saved copies preselects "
                  "it for Keep as final file)")
     notes = "".join(f". Note: {note}" for note in s.get("notes") or [])
+    if s.get("timing"):
+        notes += f". {s['timing'][0].upper()}{s['timing'][1:]}"
     if s.get("error"):
         return _message(f"{text}{notes}. Error: {s['error']}", error=True)
     return _message(text + notes)
