@@ -175,6 +175,15 @@ def compute_dtype(host) -> torch.dtype:
     return host.dtype
 
 
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """A CPU tensor on `device`; to CUDA from pinned memory without waiting, since a pageable copy there makes the
+    host wait for the GPU to finish all its queued work."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def host_precision(host):
     """The host's own precision context (the webui's devices.autocast()), or none for a host without one."""
     precision = getattr(host, "precision", None)
@@ -319,6 +328,7 @@ class Trainer:
         self._probe_cond = None    # the probe prompts' conditioning, encoded before step 0
         self._released = None      # brings back what _release_models freed (the text encoder, the VAE)
         self._settings_file: Optional[Path] = None
+        self._alphas: Optional[torch.Tensor] = None  # the noise schedule on the host's device (_alphas_cumprod)
 
     # ------------------------------------------------------------------------------------------ setup
     def _resolve_hypernetwork(self, hypernetwork, create, name) -> Hypernetwork:
@@ -488,8 +498,8 @@ class Trainer:
         with self.timer.phase("data"):
             gen = step_generator(self.seed, step, micro)
             x0 = batch.latents.to(device, torch.float32)
-            noise = sample_noise(tuple(x0.shape), self.opts.noise_offset, gen).to(device)
-            t = sample_timesteps(x0.shape[0], self.opts.timestep_min, self._timestep_high(), gen).to(device)
+            noise = to_device(sample_noise(tuple(x0.shape), self.opts.noise_offset, gen), device)
+            t = to_device(sample_timesteps(x0.shape[0], self.opts.timestep_min, self._timestep_high(), gen), device)
             # dropout draws from the global generator: seed it per step so a resumed run repeats it
             dropout_seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
             # The draws above cover the global batch, so every layout of processes sees the same numbers; each
@@ -506,6 +516,13 @@ class Trainer:
                 return weighted.mean()
             return weighted.sum() / len(batch)  # this shard's part of the global mean: the all-reduce sums the parts
 
+    def _alphas_cumprod(self) -> torch.Tensor:
+        """The host's noise schedule on its device, copied there once (a copy per step would wait for the GPU)."""
+        device = torch.device(self.host.device)
+        if self._alphas is None or self._alphas.device != device:
+            self._alphas = self.host.alphas_cumprod.to(device)
+        return self._alphas
+
     def _timestep_high(self) -> int:
         return min(self.opts.timestep_max, len(self.host.alphas_cumprod))
 
@@ -514,7 +531,7 @@ class Trainer:
         `cond` (training and validation); `predictions`, when given, receives the clean latent the prediction
         implies (for the style strength)."""
         device = self.host.device
-        alpha_bar = self.host.alphas_cumprod.to(device)[t]
+        alpha_bar = self._alphas_cumprod()[t]
         x_t = noisy_latents(x0, noise, alpha_bar)
         if self.opts.gradient_checkpointing and torch.is_grad_enabled():
             x_t.requires_grad_(True)  # reentrant checkpoints pass gradients only when an input needs them
@@ -1227,9 +1244,8 @@ class _Staged:
     def _copy(self, batch):
         if self.device.type != "cuda":
             return batch
-        move = lambda t: t if t is None or t.device.type != "cpu" else \
-            t.pin_memory().to(self.device, non_blocking=True)  # noqa: E731
-        return dataclasses.replace(batch, latents=move(batch.latents), weights=move(batch.weights))
+        weights = None if batch.weights is None else to_device(batch.weights, self.device)
+        return dataclasses.replace(batch, latents=to_device(batch.latents, self.device), weights=weights)
 
 
 def _nbytes(cond) -> int:

@@ -126,6 +126,7 @@ class DiffusersHost:
         _require_diffusers()
         self.disposable = disposable
         self._dropped: set = set()
+        self._time_ids: dict = {}  # SDXL's size-and-crop tensors by (shape, device, dtype)
         from diffusers import DDPMScheduler
         self.pipe = pipe
         self.unet = pipe.unet
@@ -313,9 +314,15 @@ class DiffusersHost:
         return {"context": torch.cat(hidden, dim=-1).to(self.dtype), "pooled": pooled.to(self.dtype)}
 
     def _sdxl_time_ids(self, latents: torch.Tensor) -> torch.Tensor:
-        h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
-        ids = torch.tensor([h, w, 0, 0, h, w], device=self.device, dtype=self.dtype)
-        return ids.unsqueeze(0).repeat(latents.shape[0], 1)
+        """SDXL's size-and-crop numbers for a batch, made once per shape: a tensor built from a list on a GPU is a
+        copy the host waits for, every step."""
+        key = (tuple(latents.shape[:1] + latents.shape[-2:]), self.device, self.dtype)
+        cache = self._time_ids
+        if key not in cache:
+            h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
+            ids = torch.tensor([h, w, 0, 0, h, w], device=self.device, dtype=self.dtype)
+            cache[key] = ids.unsqueeze(0).repeat(latents.shape[0], 1)
+        return cache[key]
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         x_t = x_t.to(self.device, self.dtype)
