@@ -470,6 +470,8 @@ class Trainer:
         if self.probe_prompts:
             self._probe_cond = self.host.encode_prompts(self.probe_prompts + [""])
         prompts = dataset.possible_prompts() if self.opts.cache_text_embeddings else None
+        if prompts is not None:  # the validation draws' too: images set aside are no longer in the set
+            prompts = list(dict.fromkeys(prompts + [draw.prompt for draw in self.validation]))
         if prompts:
             self._encode_missing(prompts[:16])
             size = _nbytes(next(iter(self._cond_cache.values())))

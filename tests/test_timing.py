@@ -146,6 +146,16 @@ def test_fixed_prompts_are_encoded_before_step_0_and_never_during_steps(data_dir
     assert result.timing.phases["text"] < result.timing.phases["forward"]
 
 
+def test_images_set_aside_for_validation_are_encoded_before_the_encoder_is_freed(data_dir, tmp_path):
+    host = CountingHost(tiny.pipeline("sd1", seed=1), disposable=True)
+    trainer = Trainer(host, opts(data_dir, tmp_path, validation_images=1, validation_every=2, template="none"),
+                      show_progress=False)
+    result = trainer.run()
+    assert result.step == 6 and len(result.val_losses) == 4  # at 0, 2, 4 and 6, the set-aside image included
+    assert next(host.text_encoders[0].parameters()).device.type == "meta"
+    assert {d.prompt for d in trainer.validation} <= set(trainer._cond_cache)
+
+
 def test_shuffled_tags_encode_per_step_and_keep_the_encoder(data_dir, tmp_path):
     host = CountingHost(tiny.pipeline("sd1", seed=1), disposable=True)
     trainer = Trainer(host, opts(data_dir, tmp_path, shuffle_tags=True), show_progress=False)
