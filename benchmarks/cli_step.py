@@ -8,7 +8,8 @@ or saves:
   cli     `python -m hypernet train` run twice, with a few and with more steps; its steady step is the difference in
           the process's CPU seconds divided by the difference in steps (so loading and setup cancel), and its peak
           memory while training comes from the longer run's summary.json (--profile), with the per-phase figures;
-          "cli process" is the whole process's peak, loading included.
+          "cli process" is the whole process's peak, loading included; "loop" is the CPU seconds of the training
+          loop alone (its summary.json) over its steps, which no difference in loading can move.
   bench   the benchmark's step (benchmarks/train_step.py, "ours": forward, backward and the optimizer on the same
           UNet and hypernetwork, fixed inputs) in a process of its own, and one prompt through the model's text
           encoder: the allowance for a step that encodes its caption.
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-STEPS = {8: (4, 14), 32: (3, 8), 64: (2, 5)}  # (short run, long run) per latent side
+STEPS = {8: (4, 24), 32: (3, 10), 64: (2, 6)}  # (short run, long run) per latent side
 FLAGS = ["--validation-every", "0", "--probe-draws", "0", "--preview-every", "0", "--save-every", "0",
          "--seed", "1", "--batch-size", "1", "--overwrite"]
 
@@ -43,11 +44,11 @@ def thread_env(threads: int, tree: Path) -> dict:
     return env
 
 
-def child(cmd: list, env: dict) -> tuple:
+def child(cmd: list, env: dict, cwd=None) -> tuple:
     """Run a command to its end: (its stdout, its CPU seconds, its peak resident memory in bytes), from the kernel's
     own accounting of that one process."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -65,7 +66,7 @@ def cli_run(model: Path, data: Path, logs: Path, latent: int, steps: int, thread
            "--name", name, *FLAGS]
     if "--profile" in (tree / "hypernet" / "cli.py").read_text():  # an older checkout may not have it
         cmd.append("--profile")
-    _, seconds, peak = child(cmd, thread_env(threads, tree))
+    _, seconds, peak = child(cmd, thread_env(threads, tree), cwd=tree)  # `-m` imports from the working folder
     summaries = sorted(logs.glob(f"*/{name}/summary*.json"), key=os.path.getmtime)
     timing = json.loads(summaries[-1].read_text())["timing"] if summaries else None
     return {"cpu_seconds": seconds, "peak_bytes": peak, "timing": timing}
@@ -131,20 +132,23 @@ def measure(args, latent: int, model: Path, data: Path) -> dict:
                  "--repeats", str(args.repeats)]
     out, _, _ = child(bench_cmd, thread_env(args.threads, ROOT))
     bench = json.loads(out.strip().splitlines()[-1])
+    loop = b["timing"] and b["timing"].get("cpu_seconds")
     return {"latent": latent, "cli_step": (b["cpu_seconds"] - a["cpu_seconds"]) / (long - short),
-            "cli_timing": b["timing"], "cli_process_peak": b["peak_bytes"], **bench}
+            "cli_loop_step": loop / long if loop else None, "cli_timing": b["timing"],
+            "cli_process_peak": b["peak_bytes"], **bench}
 
 
 def report(rows: list) -> None:
     """The table: seconds per step, the goal's ratio, peak memory, and the CLI's phases."""
-    print(f"\n{'latent':>6} {'px':>4} {'cli s':>7} {'bench s':>8} {'text s':>7} {'cli/(bench+text)':>17} "
+    print(f"\n{'latent':>6} {'px':>4} {'cli s':>7} {'loop s':>7} {'bench s':>8} {'text s':>7} {'cli/(bench+text)':>17} "
           f"{'cli GiB':>8} {'bench GiB':>9} {'mem ratio':>9} {'cli process GiB':>15}")
     for r in rows:
         timing = r["cli_timing"] or {}
         cli_peak = timing.get("peak_bytes")
         mem = f"{cli_peak / r['peak_bytes']:>9.3f}" if cli_peak and r["peak_bytes"] else f"{'-':>9}"
         cli_gib = f"{cli_peak / 2 ** 30:>8.2f}" if cli_peak else f"{'-':>8}"
-        print(f"{r['latent']:>6} {8 * r['latent']:>4} {r['cli_step']:>7.3f} {r['step_seconds']:>8.3f} "
+        loop = f"{r['cli_loop_step']:>7.3f}" if r["cli_loop_step"] else f"{'-':>7}"
+        print(f"{r['latent']:>6} {8 * r['latent']:>4} {r['cli_step']:>7.3f} {loop} {r['step_seconds']:>8.3f} "
               f"{r['text_seconds']:>7.3f} {r['cli_step'] / (r['step_seconds'] + r['text_seconds']):>17.3f} "
               f"{cli_gib} {r['peak_bytes'] / 2 ** 30:>9.2f} {mem} {r['cli_process_peak'] / 2 ** 30:>15.2f}")
     for r in rows:
@@ -178,8 +182,10 @@ def main(argv=None) -> None:
     rows = []
     for latent in [int(v) for v in args.latents.split(",")]:
         rows.append(measure(args, latent, model, data))
-        print(f"latent {latent}: cli {rows[-1]['cli_step']:.3f} s/step, bench {rows[-1]['step_seconds']:.3f} s, "
-              f"text {rows[-1]['text_seconds']:.3f} s", flush=True)
+        loop = rows[-1]["cli_loop_step"]
+        print(f"latent {latent}: cli {rows[-1]['cli_step']:.3f} s/step"
+              + (f" (its loop alone {loop:.3f})" if loop else "")
+              + f", bench {rows[-1]['step_seconds']:.3f} s, text {rows[-1]['text_seconds']:.3f} s", flush=True)
     report(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -67,6 +67,7 @@ class Timing:
     setup: dict = field(default_factory=dict)           # before the loop: {"images and latents": s, "text": s}
     peak_bytes: Optional[int] = None                    # peak memory while training (CUDA, or RSS with --profile)
     rows: list = field(default_factory=list)            # with profiling: per step {"step", phase: seconds, ...}
+    cpu_seconds: Optional[float] = None                 # the process's CPU seconds in the loop (all threads)
 
     def per_step(self) -> dict:
         """Milliseconds per step of each phase, averaged over the run's steps (validation and saves included)."""
@@ -110,7 +111,7 @@ class Timing:
         """The figures for the run's summary JSON."""
         data = {"seconds": self.seconds, "steps": self.steps, "phases": dict(self.phases),
                 "per_step_ms": self.per_step(), "median_step_ms": None, "non_unet_share": self.non_unet_share(),
-                "setup_seconds": dict(self.setup), "peak_bytes": self.peak_bytes}
+                "setup_seconds": dict(self.setup), "peak_bytes": self.peak_bytes, "cpu_seconds": self.cpu_seconds}
         steady = self.steady_step()
         if steady is not None:
             data["median_step_ms"] = 1e3 * steady
@@ -133,6 +134,7 @@ class PhaseTimer:
         self._step = 0                 # the step the phases now count toward (0: before the first)
         self._step_start = None
         self._started: Optional[float] = None
+        self._cpu_started: Optional[float] = None
         self._steps = 0
         self._occasional: set = set()  # steps that validated, saved or rendered previews
 
@@ -143,6 +145,7 @@ class PhaseTimer:
         elif self.measure_rss:
             reset_peak_rss()
         self._started = time.perf_counter()
+        self._cpu_started = time.process_time()
 
     @contextlib.contextmanager
     def phase(self, name: str, occasional: bool = False):
@@ -181,8 +184,9 @@ class PhaseTimer:
         rows = [{"step": step, **row} for step, row in sorted(self._rows.items()) if step > 0]
         step_seconds = [row["step_seconds"] for row in rows
                         if "step_seconds" in row and row["step"] not in self._occasional]
+        cpu = time.process_time() - self._cpu_started if self._cpu_started is not None else None
         return Timing(seconds, self._steps, phases, step_seconds, dict(self.setup), self._peak(),
-                      rows if self.keep_rows else [])
+                      rows if self.keep_rows else [], cpu)
 
     def _read(self, block: bool) -> None:
         """Add the durations of the stamps the device has passed, oldest first."""

@@ -494,6 +494,12 @@ class Trainer:
             return
         self._released = release(vae=True, text=self._text_fixed)
 
+    def _bring_back(self) -> None:
+        """The host's text encoder and VAE back where they were before _release_models."""
+        if self._released is not None:
+            self._released()
+            self._released = None
+
     def _micro_loss(self, batch, step: int, micro: int) -> torch.Tensor:
         """One micro-batch's loss (this process's share of it), each part timed as its phase."""
         device = self.host.device
@@ -880,6 +886,7 @@ class Trainer:
         try:
             self._prepare()
         except BaseException:
+            self._bring_back()
             self._restore_host()
             raise
         result = TrainResult(None, str(self.run_dir), self.start_step, self.start_step, "completed",
@@ -1163,9 +1170,7 @@ class Trainer:
         self._finish_modules()
 
     def _finish_modules(self) -> None:
-        if self._released is not None:
-            self._released()  # the host's text encoder and VAE back where they were
-            self._released = None
+        self._bring_back()
         self._restore_host()
         if self.opts.gradient_checkpointing and hasattr(self.host, "disable_gradient_checkpointing"):
             self.host.disable_gradient_checkpointing()
