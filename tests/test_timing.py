@@ -20,7 +20,8 @@ from hypernet.train import Trainer, build_optimizer
 from test_train import make_images
 
 TINY = Path(hypernet.__file__).parent / "assets" / "tiny-sd"
-LINE = re.compile(r"^time: (\d+) steps in ([\d.]+) s, (\d+) ms/step = (.*?)(;|$)")
+LINE = re.compile(r"^time: (\d+) steps in ([\d.]+) s, (\d+) ms/step(?: \(a step without validation or saving "
+                  r"(\d+) ms\))? = (.*?)(;|$)")
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +43,12 @@ def parse_line(text: str) -> dict:
     match = LINE.match(lines[0])
     assert match, lines[0]
     phases = {}
-    for part in match.group(4).split(" + "):
+    for part in match.group(5).split(" + "):
         label, ms, unit = part.rsplit(" ", 2)
         assert unit == "ms", part
         phases[label] = float(ms)
     return {"steps": int(match.group(1)), "seconds": float(match.group(2)), "ms_per_step": float(match.group(3)),
-            "phases": phases}
+            "plain_ms": None if match.group(4) is None else float(match.group(4)), "phases": phases}
 
 
 # ---------------------------------------------------------------------------------------------- the timer itself
@@ -87,6 +88,8 @@ def test_every_cli_run_prints_its_phases_and_they_sum_to_the_step(data_dir, tmp_
     assert line["phases"]["UNet forward"] > 0 and line["phases"]["backward"] > 0
     assert line["phases"]["validation and previews"] > 0  # validation at 0, 2, 4 and the end
     assert "before step 0: images and latents" in out and "profile.csv" not in out
+    # validation at 0, 2, 4 and 5: steps 1 and 3 are plain, and much faster than the average
+    assert line["plain_ms"] is not None and line["plain_ms"] < line["ms_per_step"]
 
     summary = json.loads(next(logs.glob("*/timed/summary.json")).read_text())["timing"]
     assert summary["steps"] == 5 and set(summary["phases"]) == set(PHASES)
