@@ -4,14 +4,13 @@ import csv
 import json
 import math
 import re
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import hypernet
-from hypernet import HypernetError, tiny
+from hypernet import HypernetError, timing, tiny
 from hypernet.cli import main
 from hypernet.config import TrainOptions
 from hypernet.hosts.diffusers import DiffusersHost
@@ -52,25 +51,47 @@ def parse_line(text: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- the timer itself
-def test_phases_and_the_rest_sum_to_the_loop_and_occasional_steps_stay_out_of_the_median():
+class FakeClock:
+    """Stands in for the time module inside timing.py: seconds pass only when the test says so."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    process_time = perf_counter
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_phases_and_the_rest_sum_to_the_loop_and_occasional_steps_stay_out_of_the_median(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(timing, "time", clock)
     timer = PhaseTimer("cpu", keep_rows=True)
     timer.start()
     for step in range(1, 6):
         timer.begin_step(step)
         with timer.phase("forward"):
-            time.sleep(0.01)
+            clock.advance(0.01)
         with timer.phase("validation", occasional=step == 3):
-            time.sleep(0.05 if step == 3 else 0)
-        time.sleep(0.002)  # the loop's own bookkeeping: the rest
+            clock.advance(0.05 if step == 3 else 0)
+        clock.advance(0.002)  # the loop's own bookkeeping: the rest
         timer.end_step()
     result = timer.finish()
     assert result.steps == 5 and set(result.phases) == set(PHASES)
+    assert math.isclose(result.seconds, 0.11, abs_tol=1e-9)
     assert math.isclose(sum(result.phases.values()), result.seconds, rel_tol=1e-9)
-    assert result.phases["forward"] >= 0.05 and result.phases["validation"] >= 0.05 and result.phases["rest"] > 0.005
-    assert len(result.step_seconds) == 4 and max(result.step_seconds) < 0.05  # step 3 validated: not a plain step
+    assert math.isclose(result.phases["forward"], 0.05, abs_tol=1e-9)
+    assert math.isclose(result.phases["validation"], 0.05, abs_tol=1e-9)
+    assert math.isclose(result.phases["rest"], 0.01, abs_tol=1e-9)
+    # step 3 validated: not a plain step; the other four took 12 ms each
+    assert len(result.step_seconds) == 4 and all(math.isclose(s, 0.012, abs_tol=1e-9) for s in result.step_seconds)
     assert [row["step"] for row in result.rows] == [1, 2, 3, 4, 5]
     per_step = result.per_step()
     assert math.isclose(sum(per_step.values()), 1e3 * result.seconds / 5, rel_tol=1e-9)
+    assert math.isclose(result.cpu_seconds, 0.11, abs_tol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------- the CLI's line
@@ -88,14 +109,15 @@ def test_every_cli_run_prints_its_phases_and_they_sum_to_the_step(data_dir, tmp_
     assert line["phases"]["UNet forward"] > 0 and line["phases"]["backward"] > 0
     assert line["phases"]["validation and previews"] > 0  # validation at 0, 2, 4 and the end
     assert "before step 0: images and latents" in out and "profile.csv" not in out
-    # validation at 0, 2, 4 and 5: steps 1 and 3 are plain, and much faster than the average
-    assert line["plain_ms"] is not None and line["plain_ms"] < line["ms_per_step"]
+    # validation at 0, 2, 4 and 5: the plain step named first is the median of steps 1 and 3
+    assert line["plain_ms"] is not None
 
     summary = json.loads(next(logs.glob("*/timed/summary.json")).read_text())["timing"]
     assert summary["steps"] == 5 and set(summary["phases"]) == set(PHASES)
     assert math.isclose(sum(summary["phases"].values()), summary["seconds"], rel_tol=1e-6)
     assert abs(summary["seconds"] - line["seconds"]) < 0.06
     assert summary["median_step_ms"] > 0 and 0 < summary["non_unet_share"] < 1
+    assert abs(summary["median_step_ms"] - line["plain_ms"]) <= 0.5
 
 
 def test_profile_writes_each_steps_phases_and_the_peak_memory(data_dir, tmp_path, capsys):
@@ -116,7 +138,7 @@ def test_profile_writes_each_steps_phases_and_the_peak_memory(data_dir, tmp_path
     summary = json.loads((run / "summary.json").read_text())["timing"]
     assert summary["peak_bytes"] > 10 * 2 ** 20
     # steps 2 and 4 saved a copy: only 1 and 3 make the median step
-    assert float(rows[1]["logging"]) > float(rows[0]["logging"])
+    assert sorted(p.name for p in (run / "hypernetworks").glob("*.pt")) == ["prof-2.pt", "prof-4.pt"]
     plain = sorted(float(rows[i]["step_seconds"]) for i in (0, 2))
     assert math.isclose(summary["median_step_ms"], 1e3 * sum(plain) / 2, abs_tol=0.01)  # the CSV keeps µs
 
@@ -146,7 +168,6 @@ def test_fixed_prompts_are_encoded_before_step_0_and_never_during_steps(data_dir
     lines = len(hypernet.data.load_template("style_filewords"))
     assert sum(host.encoded) >= lines * 4  # every template line for every caption, and the probe prompts
     assert len(host.encoded) == calls_at_start[0]  # nothing encoded once the loop began
-    assert result.timing.phases["text"] < result.timing.phases["forward"]
 
 
 def test_images_set_aside_for_validation_are_encoded_before_the_encoder_is_freed(data_dir, tmp_path):
