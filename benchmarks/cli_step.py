@@ -93,8 +93,7 @@ def bench_step(model: Path, latent: int, repeats: int) -> dict:
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(str(model / "unet")).eval()
     hn = hypernet.create(dims=[768, 320, 640, 1280], seed=0)
-    inputs = {"sample": torch.randn(1, 4, latent, latent), "timestep": torch.tensor([500]),
-              "encoder_hidden_states": torch.randn(1, 77, 768)}
+    inputs = train_step.make_inputs("sd15", "cpu", torch.float32, latent)
     step, _ = train_step.prepare(unet, hn, inputs, "ours", "cpu", torch.float32)
     reset_peak_rss()
     step()

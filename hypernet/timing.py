@@ -3,6 +3,8 @@ timing itself never makes the host wait for the device."""
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -109,6 +111,16 @@ class Timing:
         lines.append(f"{'all':<24} {self.seconds:>9.2f} {1e3 * self.seconds / max(self.steps, 1):>9.1f} "
                      f"{1:>7.1%}" + (f"   median step {1e3 * steady:.1f} ms" if steady is not None else ""))
         return "\n".join(lines)
+
+    def rows_csv(self) -> str:
+        """profile.csv: a row per step of its wall seconds and each phase's seconds within it."""
+        columns = ("step", "step_seconds") + PHASES[:-1]
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(columns)
+        for row in self.rows:
+            writer.writerow([row["step"]] + [f"{row.get(name, 0.0):.6f}" for name in columns[1:]])
+        return text.getvalue()
 
     def to_dict(self) -> dict:
         """The figures for the run's summary JSON."""

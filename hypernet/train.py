@@ -662,7 +662,7 @@ class Trainer:
         o = self.opts
         draws = probe.make_probe_draws(self.validation[0].latent.shape, o.probe_draws, self.seed, o.timestep_min,
                                        self._timestep_high(), self.host.alphas_cumprod)
-        cond = self._probe_cond if self._probe_cond is not None else self.host.encode_prompts(self.probe_prompts + [""])
+        cond = self._probe_cond  # encoded before step 0 (_precompute_text), while the text encoder was there
         with self._evaluating(), self._strength(0.0):
             base = (self._probe_predictions(draws, cond), self._score_validation()[1])
         return draws, cond, base
@@ -904,6 +904,7 @@ class Trainer:
             raise
         handle.remove()
         result.timing = self.timer.finish()
+        result.seconds = result.timing.seconds
         try:  # the loggers stay open until the suggested copy, which needs the last files, is logged
             self._save_files(result)
         finally:
@@ -925,14 +926,8 @@ class Trainer:
                 "timing": result.timing.to_dict()}
         atomic_write(self.run_dir / name, json.dumps(data, indent=2).encode())
         if self.profile and result.timing.rows:
-            columns = ("step", "step_seconds") + timing.PHASES[:-1]
-            text = io.StringIO()
-            writer = csv.writer(text)
-            writer.writerow(columns)
-            for row in result.timing.rows:
-                writer.writerow([row["step"]] + [f"{row.get(c, 0.0):.6f}" for c in columns[1:]])
             atomic_write(self.run_dir / name.replace("summary", "profile", 1).replace(".json", ".csv"),
-                         text.getvalue().encode())
+                         result.timing.rows_csv().encode())
 
     def _save_files(self, result: TrainResult) -> None:
         """The copy at an interrupt, the final file, and the suggested copy among them."""
@@ -1072,7 +1067,6 @@ class Trainer:
             with self.timer.phase("logging"):
                 self._report(report)
             self.timer.end_step()
-        result.seconds = time.perf_counter() - started
 
     def _accumulate(self, step: int, lr: float):
         """Forward and backward over the accumulated micro-batches: (mean loss or None if non-finite, last batch)."""
@@ -1099,16 +1093,15 @@ class Trainer:
     def _checked_loss(self, loss: torch.Tensor) -> Optional[float]:
         """The step's mean loss when it and every (unscaled, summed across processes) gradient are finite, else None
         with the gradients dropped; one read from the device per step, after the next batch is on its way."""
-        total, finite = None, True
-        if self.group.active:
-            total, finite = self._all_reduce(float(loss), True)
+        total = self._all_reduce(float(loss)) if self.group.active else None
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         value, grads = (float(v) for v in torch.stack([loss, self._grad_sum()]).tolist())
-        if finite and math.isfinite(value) and math.isfinite(grads):
-            return value if total is None else total
+        value = value if total is None else total  # a non-finite loss anywhere makes the sum non-finite
+        if math.isfinite(value) and math.isfinite(grads):
+            return value
         # Non-finite gradients from a finite loss under float16 scaling: an overflow, which lowers the scale.
-        self._overflowed = self._overflow_scale() if finite and math.isfinite(value) else 0.0
+        self._overflowed = self._overflow_scale() if math.isfinite(value) else 0.0
         self._drop_gradients()
         return None
 
@@ -1120,11 +1113,11 @@ class Trainer:
         scale = float(self.scaler.get_scale())
         return scale if scale > 1.0 else 0.0
 
-    def _all_reduce(self, total: float, finite: bool):
-        """Sum the gradients, losses, failures and stop requests of every process in one flat buffer (the
-        gradients still scaled, so every process's GradScaler sees the same numbers); (loss, all finite)."""
+    def _all_reduce(self, total: float) -> float:
+        """Sum the gradients, losses and stop requests of every process in one flat buffer (the gradients still
+        scaled, so every process's GradScaler sees the same numbers); the summed loss, non-finite when any was."""
         params = list(self.hn.parameters())
-        flags = torch.tensor([total, 0.0 if finite else 1.0, 1.0 if self.stop.is_set() else 0.0])
+        flags = torch.tensor([total, 1.0 if self.stop.is_set() else 0.0])
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
                           for p in params] + [flags.to(params[0].device)])
         flat = self.group.all_reduce_sum(flat.to(self._reduce_device()))
@@ -1132,9 +1125,9 @@ class Trainer:
         for p in params:
             p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.device, p.dtype).clone()
             offset += p.numel()
-        total, failures, stops = (float(v) for v in flat[offset:])
+        total, stops = (float(v) for v in flat[offset:])
         self._stop_all = self._stop_all or stops > 0
-        return total, failures == 0 and math.isfinite(total)
+        return total
 
     def _stopping(self) -> bool:
         """Whether to stop after this step; data-parallel processes stop together, at the step all agreed on."""

@@ -263,7 +263,10 @@ class DiffusersHost:
     def release(self, vae: bool, text: bool):
         """Free the VAE and/or text encoders while training does not need them: off the GPU to the CPU, or on a CPU,
         from a disposable pipeline, dropped. Returns what brings them back (dropped parts stay dropped)."""
-        parts = ([self.vae] if vae else []) + (list(self.text_encoders) if text else [])
+        chosen = {name: modules for name, modules, wanted in (("vae", [self.vae], vae),
+                                                              ("text encoder", list(self.text_encoders), text))
+                  if wanted}
+        parts = [module for modules in chosen.values() for module in modules]
         if not parts:
             return lambda: None
         if self.device.type != "cpu":
@@ -275,20 +278,13 @@ class DiffusersHost:
                 for module in parts:
                     module.to(self.device)
             return bring_back
-        if self.disposable:
-            self._drop(vae, text)
+        if self.disposable:  # let go for good: weights on the meta device hold no memory
+            for module in parts:
+                module.to("meta")
+            self._dropped.update(chosen)
+            import gc
+            gc.collect()
         return lambda: None
-
-    def _drop(self, vae: bool, text: bool) -> None:
-        """Let go of the parts for good: their weights go to the meta device, which holds none."""
-        for name, wanted in (("vae", vae), ("text encoder", text)):
-            if wanted:
-                modules = [self.vae] if name == "vae" else self.text_encoders
-                for module in modules:
-                    module.to("meta")
-                self._dropped.add(name)
-        import gc
-        gc.collect()
 
     def _check_kept(self, name: str) -> None:
         if name in self._dropped:
