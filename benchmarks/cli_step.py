@@ -64,7 +64,8 @@ def cli_run(model: Path, data: Path, logs: Path, latent: int, steps: int, thread
     cmd = [sys.executable, "-m", "hypernet", "train", "--model", str(model), "--data", str(data),
            "--width", str(8 * latent), "--height", str(8 * latent), "--steps", str(steps), "--log-dir", str(logs),
            "--name", name, *FLAGS]
-    if "--profile" in (tree / "hypernet" / "cli.py").read_text():  # an older checkout may not have it
+    cli = next(p for p in (tree / "hypernet" / "apps" / "cli.py", tree / "hypernet" / "cli.py") if p.exists())
+    if "--profile" in cli.read_text():  # an older checkout may not have it
         cmd.append("--profile")
     _, seconds, peak = child(cmd, thread_env(threads, tree), cwd=tree)  # `-m` imports from the working folder
     summaries = sorted(logs.glob(f"*/{name}/summary*.json"), key=os.path.getmtime)
@@ -81,7 +82,7 @@ def bench_step(model: Path, latent: int, repeats: int) -> dict:
 
     import hypernet
     import train_step
-    from hypernet.timing import peak_rss, reset_peak_rss
+    from hypernet.train.timing import peak_rss, reset_peak_rss
     text = CLIPTextModel.from_pretrained(str(model / "text_encoder")).eval()
     ids = torch.randint(0, 500, (1, 77))
     with torch.no_grad():

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hypernet  # noqa: E402
-from hypernet import container, files  # noqa: E402
+from hypernet.fileformat import container, files  # noqa: E402
 
 
 def _timed(fn, clock=time.perf_counter) -> float:

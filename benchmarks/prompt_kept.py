@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import hypernet  # noqa: E402
-from hypernet import probe  # noqa: E402
+from hypernet.train import probe  # noqa: E402
 
 RUNS = ("hypernet:2.5e-4", "hypernet:5e-4", "hypernet:1e-3", "hypernet:4e-3", "webui:")
 
@@ -57,7 +57,7 @@ def spearman(a, b) -> float:
 
 def run_one(out: Path, spec: str, steps: int, copies: int, seed: int) -> dict:
     """The demo for one recipe:rate (empty rate: the recipe's), or its demo.json when already there."""
-    from hypernet import demo
+    from hypernet.tiny import demo
     from hypernet.config import DemoOptions
     recipe, rate = spec.split(":")
     folder = out / f"{recipe}-{rate or 'default'}"
@@ -125,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     rows = []
-    from hypernet.tiny import load_pipeline
+    from hypernet.tiny.model import load_pipeline
     pipe = None if args.no_variants else load_pipeline()
     for spec in args.runs:
         summary = run_one(out, spec, args.steps, args.copies, args.seed)

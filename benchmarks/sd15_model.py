@@ -6,7 +6,7 @@
     write_images("/tmp/images", count=4, size=512)
 
 Both return the folder to give the CLI (--model, --data). Nothing is downloaded: the tokenizer is the project's
-offline tiny one (hypernet.tiny.tokenizer), whose ids fit in CLIP's 49408-token embedding.
+offline tiny one (hypernet.tiny.model.tokenizer), whose ids fit in CLIP's 49408-token embedding.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _random_pipeline():
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from hypernet.tiny import tokenizer
+    from hypernet.tiny.model import tokenizer
     torch.manual_seed(0)
     tok = tokenizer()
     unet = UNet2DConditionModel(**SD15)

@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 import torch
 
-from .bounds import MAX_LAYERS, MAX_LIST_ENTRIES, MAX_SIZE, MAX_STEP, MAX_WIDTHS, MIN_SIZE, brief, check_name, check_path, whole_number
+from .bounds import (MAX_LAYERS, MAX_LIST_ENTRIES, MAX_SIZE, MAX_STEP, MAX_WIDTHS, MIN_SIZE, brief, check_name,
+                     check_path, whole_number)
 from .errors import ConfigError
 
 _BASE_ACTIVATIONS = {
@@ -419,7 +420,7 @@ class TrainOptions:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
-        from .schedule import parse_schedule
+        from .train.schedule import parse_schedule
         parse_schedule(self.learning_rate, self.steps, field="learning_rate")
         if self.clip_grad_mode != "disabled":
             parse_schedule(self.clip_grad_value, self.steps, field="clip_grad_value")
@@ -551,5 +552,5 @@ class DemoOptions:
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.learning_rate:
-            from .schedule import parse_schedule
+            from .train.schedule import parse_schedule
             parse_schedule(self.learning_rate, self.steps, field="learning_rate")

@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from .bounds import MAX_PATH, brief
 from .errors import FileFormatError, NotFoundError
-from .files import ST_SUFFIX, load, sha256_file
+from .fileformat.files import ST_SUFFIX, load, sha256_file
 from .network import Hypernetwork
 
 SUFFIXES = (".pt", ST_SUFFIX)

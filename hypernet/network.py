@@ -135,7 +135,7 @@ class Hypernetwork(nn.Module):
         return compatibility(self, unet)
 
     def save(self, path, **kwargs) -> str:
-        from .files import save
+        from .fileformat.files import save
         return save(self, path, **kwargs)
 
     def is_finite(self) -> bool:
@@ -181,3 +181,23 @@ def apply_chain(stack: Iterable, context: torch.Tensor, which: int, cross: Optio
 def transform(stack, context: torch.Tensor):
     """The webui's reference math: (k, v) contexts after every hypernetwork in the stack, in order."""
     return apply_chain(stack, context, 0), apply_chain(stack, context, 1)
+
+
+def create(dims=(768, 320, 640, 1280), layer_structure=(1, 2, 1), activation="relu", weight_init="Normal",
+           layer_norm=False, dropout_structure=None, activate_output=False, name="hypernetwork", *,
+           seed: Optional[int] = None) -> Hypernetwork:
+    """A new hypernetwork initialised as the webui would; `seed` makes the initial weights reproducible."""
+    config = CreateOptions(name=name, dims=list(dims) if not isinstance(dims, (str, int)) else dims,
+                           layer_structure=layer_structure if isinstance(layer_structure, str) else list(layer_structure),
+                           activation=activation, weight_init=weight_init, layer_norm=layer_norm,
+                           dropout_structure=dropout_structure, activate_output=activate_output)
+    return from_options(config, seed=seed)
+
+
+def from_options(config: CreateOptions, *, seed: Optional[int] = None) -> Hypernetwork:
+    """A new hypernetwork for a validated CreateOptions."""
+    if seed is None:
+        return Hypernetwork(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Hypernetwork(config)

@@ -262,7 +262,7 @@ class StandInLatentDiffusion(nn.Module):
         from ldm.modules.diffusionmodules.model import Encoder
         from ldm.modules.diffusionmodules.util import make_beta_schedule
 
-        from hypernet import tiny
+        from hypernet.tiny import model as tiny
         self.model = nn.Module()
         self.model.diffusion_model = tiny_ldm_unet(context_dim=32, num_classes="continuous" if sdxl else None)
         self.first_stage_model = nn.Module()

@@ -14,7 +14,7 @@ gr = pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 import hypernet  # noqa: E402
-from hypernet.demo import make_style_dataset  # noqa: E402
+from hypernet.tiny.demo import make_style_dataset  # noqa: E402
 
 CHROMIUM = os.environ.get("HYPERNET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
@@ -29,8 +29,8 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, free_port):
-    from hypernet.standalone import Studio
-    from hypernet.tiny import load_pipeline
+    from hypernet.apps.standalone import Studio
+    from hypernet.tiny.model import load_pipeline
     root = tmp_path_factory.mktemp("browser")
     studio = Studio(load_pipeline(), str(root / "hypernetworks"), str(root / "logs"))
     port = free_port()

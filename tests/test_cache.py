@@ -297,7 +297,8 @@ def test_diffusers_checkpointing_with_the_cache_gives_the_per_layer_gradients():
 def test_the_trainer_learns_the_same_with_and_without_the_cache(tmp_path, monkeypatch):
     # SGD: Adam's first steps divide by the gradient's own size, which turns rounding-level differences in
     # near-zero gradients into lr-sized ones; SGD keeps them at rounding level, so the comparison can be tight.
-    from hypernet import tiny, train as train_module
+    from hypernet.tiny import model as tiny
+    from hypernet.train import trainer as train_module
     from hypernet.config import CreateOptions
     from hypernet.hosts.diffusers import DiffusersHost
     from test_train import make_images, opts, state

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hypernet
-from hypernet.cli import main
+from hypernet.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

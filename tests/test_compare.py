@@ -7,24 +7,24 @@ import torch
 from PIL import Image
 
 import hypernet
-from hypernet import compare
-from hypernet.cli import main
+from hypernet.train import compare
+from hypernet.apps.cli import main
 from hypernet.config import CompareOptions, CreateOptions, TrainOptions
-from hypernet.demo import make_style_dataset
+from hypernet.tiny.demo import make_style_dataset
 from hypernet.errors import ConfigError, HypernetError
 from hypernet.hosts.diffusers import DiffusersHost
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    from hypernet.tiny import load_pipeline
+    from hypernet.tiny.model import load_pipeline
     return load_pipeline()
 
 
 @pytest.fixture(scope="module")
 def run(pipe, tmp_path_factory):
     """A tiny-model run with copies at steps 2 and 4 and a validation loss at each."""
-    from hypernet.train import train
+    from hypernet.train.trainer import train
     root = tmp_path_factory.mktemp("run")
     data = make_style_dataset(root / "data", count=4)
     host = DiffusersHost(pipe)
@@ -117,7 +117,7 @@ def test_keep_copies_and_never_replaces_unasked(run, tmp_path):
 
 def test_train_tab_panel_compares_and_keeps(pipe, run, tmp_path):
     gr = pytest.importorskip("gradio")
-    from hypernet.standalone import Studio
+    from hypernet.apps.standalone import Studio
     from hypernet.ui import compare_panel, tabs
     studio = Studio(pipe, str(tmp_path / "hypernetworks"), str(run.parent.parent))
     panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
@@ -182,7 +182,7 @@ def test_stopping_between_images_keeps_the_partial_grid(pipe, run, monkeypatch):
 
 def test_the_panels_stop_button_stops_a_running_comparison(pipe, run, tmp_path, monkeypatch):
     gr = pytest.importorskip("gradio")
-    from hypernet.standalone import Studio
+    from hypernet.apps.standalone import Studio
     from hypernet.ui import actions, compare_panel, tabs
     studio = Studio(pipe, str(tmp_path / "hypernetworks"), str(run.parent.parent))
     panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import hypernet
-from hypernet import compat
-from hypernet.container import load_object
+from hypernet.fileformat import compat
+from hypernet.fileformat.container import load_object
 
 ACTS = {"linear": torch.nn.Identity, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "elu": torch.nn.ELU}
 
@@ -91,7 +91,7 @@ def test_reasons_for_other_formats_and_activations(tmp_path, fixtures_dir):
 
 
 def test_info_and_cards_say_it(tmp_path, capsys):
-    from hypernet.cli import main
+    from hypernet.apps.cli import main
     from hypernet.ui import metadata
     path = _trained(activation="relu", layer_norm=True).save(tmp_path / "ln.pt")
     assert main(["info", str(path), "--json"]) == 0

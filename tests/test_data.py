@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from hypernet import data
+from hypernet.train import data
 from hypernet.config import TrainOptions
-from hypernet.data import DatasetError, TrainingSet
+from hypernet.train.data import DatasetError, TrainingSet
 from hypernet.errors import ConfigError, HypernetError, HypernetWarning
 
 STD = 0.1

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import hypernet
-from hypernet import demo
-from hypernet.cli import main
+from hypernet.tiny import demo
+from hypernet.apps.cli import main
 from hypernet.config import CreateOptions, DemoOptions
 from hypernet.errors import ConfigError
 
@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe():
-    from hypernet.tiny import load_pipeline
+    from hypernet.tiny.model import load_pipeline
     return load_pipeline()
 
 

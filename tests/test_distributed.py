@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import hypernet
-from hypernet import tiny
-from hypernet.cli import main
-from hypernet.distributed import Group
+from hypernet.tiny import model as tiny
+from hypernet.apps.cli import main
+from hypernet.train.distributed import Group
 from hypernet.hosts.diffusers import DiffusersHost
-from hypernet.train import train
+from hypernet.train.trainer import train
 from test_train import make_images, opts, same_state, state
 
 ROOT = Path(__file__).resolve().parents[1]

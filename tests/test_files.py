@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import load_file
 
 import hypernet
-from hypernet import files
+from hypernet.fileformat import files
 from hypernet.errors import FileFormatError, HypernetError, UnsafeFileError
 
 META_TYPES = {"step": int, "name": str, "layer_structure": list, "activation_func": str, "is_layer_norm": bool,
@@ -283,7 +283,7 @@ def test_malicious_pickles_are_refused_and_never_run(tmp_path, gadget, container
     if container != "raw":
         assert isinstance(info.value, UnsafeFileError)
         assert "malicious" in str(info.value)
-    from hypernet.cli import main
+    from hypernet.apps.cli import main
     assert main(["check", str(path)]) == 2
     assert not marker.exists()
 
@@ -501,7 +501,7 @@ def test_loaded_weights_are_a_private_map_of_the_file(tmp_path):
     before = path.read_bytes()
     loaded = hypernet.load(path)
     if os.name != "nt":  # Windows reads a copy: a mapped file could not be replaced there
-        from hypernet import container
+        from hypernet.fileformat import container
         offsets = sorted(ref.storage.offset for ref in container.read(path).refs())
         pointers = sorted(p.data_ptr() for p in loaded.parameters())
         # one map: the weights sit as far apart in memory as their bytes in the file, each in its own storage
@@ -524,7 +524,7 @@ def test_a_save_over_a_loaded_file_leaves_the_loaded_weights_alone(tmp_path):
 
 
 def test_our_pt_members_are_aligned_and_unaligned_files_still_load(tmp_path):
-    from hypernet import container
+    from hypernet.fileformat import container
     hn = _perturb(_small())
     path = tmp_path / "a.pt"
     hn.save(path)
@@ -541,7 +541,7 @@ def test_our_pt_members_are_aligned_and_unaligned_files_still_load(tmp_path):
 
 
 def test_copy_reader_and_mapped_reader_agree(tmp_path):
-    from hypernet import container
+    from hypernet.fileformat import container
     hn = _perturb(_small())
     for name in ("a.pt", "a.safetensors"):
         found = container.read(hn.save(tmp_path / name))
@@ -578,7 +578,7 @@ def test_a_loaded_file_saves_again_with_torch_save(tmp_path):
 
 def test_a_tensor_claiming_bytes_past_the_end_is_named_with_its_shape_its_bytes_and_the_files_size(tmp_path):
     import struct
-    data = bytearray(hypernet.files.to_safetensors_bytes(hypernet.create(dims=[16], seed=0)))
+    data = bytearray(hypernet.fileformat.files.to_safetensors_bytes(hypernet.create(dims=[16], seed=0)))
     (length,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + length])
     header["16.k.linear.0.weight"]["data_offsets"] = [0, 10 ** 9]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import hypernet
-from hypernet import files
+from hypernet.fileformat import files
 from hypernet.errors import FileFormatError, HypernetError, UnsafeFileError
 from hypernet.ui import metadata
 

@@ -17,9 +17,11 @@ import torch
 
 import crafted as c
 import hypernet
-from hypernet import bounds, config_file, files
+from hypernet import bounds
+from hypernet.train import config_file
+from hypernet.fileformat import files
 from hypernet.config import CreateOptions, TrainOptions
-from hypernet.container import Inert, read as read_container, webui_refusal
+from hypernet.fileformat.container import Inert, read as read_container, webui_refusal
 from hypernet.errors import ConfigError, FileFormatError, HypernetError
 from hypernet.ui import metadata
 
@@ -97,7 +99,7 @@ def test_shared_tensors_are_materialised_once(tmp_path):
     shared = [t, t]
     path = tmp_path / "shared.pt"
     torch.save({"a": shared, "b": shared}, path)
-    from hypernet.container import load_object
+    from hypernet.fileformat.container import load_object
     obj = load_object(path)
     assert obj["a"] is obj["b"] and torch.equal(obj["a"][0], t)
 
@@ -257,7 +259,7 @@ def no_model(monkeypatch):
 
 
 def _cli_error(args, capsys):
-    from hypernet.cli import main
+    from hypernet.apps.cli import main
     assert main(args) != 0
     return capsys.readouterr().err
 
@@ -308,7 +310,7 @@ def test_bad_run_file_values_fail_before_the_model_loads(tmp_path, no_model, cap
 
 # ---------------------------------------------------------------------------------------------- 8. captions, images
 def test_a_huge_caption_is_read_up_to_the_cap_with_a_warning_naming_it(tmp_path):
-    from hypernet.data import read_caption
+    from hypernet.train.data import read_caption
     image = tmp_path / "a.png"
     caption = tmp_path / "a.txt"
     with open(caption, "wb") as fh:
@@ -333,7 +335,7 @@ def _png_16bit(width: int, height: int) -> bytes:
 
 
 def test_an_image_whose_decoded_size_passes_the_cap_is_skipped_by_name(tmp_path):
-    from hypernet.data import DatasetError, load_image
+    from hypernet.train.data import DatasetError, load_image
     path = _write(tmp_path, "bomb.png", _png_16bit(13000, 13000))
     assert path.stat().st_size < 1 << 20                           # under Pillow's own pixel limit, too
     with pytest.raises(DatasetError) as info:
@@ -468,7 +470,7 @@ def test_a_placeholder_runs_nothing(tmp_path):
 
 def test_training_starts_from_an_sd14_like_ckpt(tmp_path, fake_lightning):
     pytest.importorskip("ldm")
-    from hypernet.demo import make_style_dataset
+    from hypernet.tiny.demo import make_style_dataset
     model = tmp_path / "sd14.ckpt"
     _sd14_like(model, fake_lightning)
     data = make_style_dataset(tmp_path / "data", count=2)
@@ -567,7 +569,7 @@ def test_long_lists_in_requests_are_refused_by_count():
 
 
 def test_preview_prompt_numbers_are_range_checked():
-    from hypernet.sample_prompts import parse_line
+    from hypernet.train.sample_prompts import parse_line
     for line, words in (("a --w 1000000000", "at most 8,192"), ("a --s 1e400", "whole number"),
                         ("a --l 1e999", "finite"), ("a --d " + "9" * 30, "(30 digits)")):
         with pytest.raises(ConfigError) as info:

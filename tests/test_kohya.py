@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 import hypernet
-from hypernet import HypernetError, tiny
+from hypernet import HypernetError
+from hypernet.tiny import model as tiny
 from hypernet.config import ConfigError, CreateOptions, TrainOptions
 from hypernet.hosts.diffusers import DiffusersHost
-from hypernet.sample_prompts import parse_line, read_prompts
-from hypernet.train import Trainer, build_optimizer, train
+from hypernet.train.sample_prompts import parse_line, read_prompts
+from hypernet.train.trainer import Trainer, build_optimizer, train
 from test_train import make_images, opts, same_state, state
 
 
@@ -300,7 +301,7 @@ NEW_FIELDS = ("caption_dropout", "vae", "clip_skip", "lr_cycles", "lr_power", "k
 
 def test_each_new_option_shows_in_the_cli_the_tabs_the_api_and_settings(pipes, data_dir, tmp_path):
     import dataclasses
-    from hypernet.cli import build_parser
+    from hypernet.apps.cli import build_parser
     from hypernet.ui import tabs
     from hypernet.webui.api import build_models
     fields = {f.name: f for f in dataclasses.fields(TrainOptions)}
@@ -328,7 +329,7 @@ def model_dir(pipes, tmp_path_factory):
 
 
 def test_a_toml_run_file_trains_and_flags_override_it(model_dir, data_dir, tmp_path, capsys):
-    from hypernet.cli import main
+    from hypernet.apps.cli import main
     run = tmp_path / "run.toml"
     run.write_text(f'''# every option by its name; tables only group them
 model = "{model_dir}"
@@ -369,9 +370,9 @@ save_precision = "fp16"
 
 
 def test_dump_config_writes_what_config_reads(model_dir, data_dir, tmp_path, capsys):
-    from hypernet.cli import main
-    from hypernet.config_file import read_config
-    from hypernet.cli import _train_keys
+    from hypernet.apps.cli import main
+    from hypernet.train.config_file import read_config
+    from hypernet.apps.cli import _train_keys
     for suffix in (".toml", ".json"):
         dumped = tmp_path / f"dumped{suffix}"
         assert main(["train", "--model", str(model_dir), "--data", str(data_dir), "--steps", "7", "--flip",
@@ -393,7 +394,7 @@ def test_dump_config_writes_what_config_reads(model_dir, data_dir, tmp_path, cap
     ('steps = ', "not valid TOML"),
 ])
 def test_run_file_mistakes_are_one_line_errors_naming_the_key(data_dir, model_dir, tmp_path, capsys, text, words):
-    from hypernet.cli import main
+    from hypernet.apps.cli import main
     run = tmp_path / "bad.toml"
     run.write_text(f'data = "{data_dir}"\nmodel = "{model_dir}"\n{text}\n')
     assert main(["train", "--config", str(run)]) == 2
@@ -402,15 +403,15 @@ def test_run_file_mistakes_are_one_line_errors_naming_the_key(data_dir, model_di
 
 
 def test_without_a_model_anywhere_the_error_says_where_to_give_it(data_dir, tmp_path, capsys):
-    from hypernet.cli import main
+    from hypernet.apps.cli import main
     assert main(["train", "--data", str(data_dir)]) == 2
     assert "--model" in capsys.readouterr().err
 
 
 def test_the_readme_run_file_is_a_valid_run_file(tmp_path):
     import re
-    from hypernet.cli import _train_keys
-    from hypernet.config_file import read_config
+    from hypernet.apps.cli import _train_keys
+    from hypernet.train.config_file import read_config
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
     (tmp_path / "run.toml").write_text(block)

@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 
 import hypernet
-from hypernet import probe
+from hypernet.train import probe
 from hypernet.config import CreateOptions
 from hypernet.errors import ConfigError
-from hypernet.plot import KEPT_COLOUR, STYLE_COLOUR, render_loss
-from hypernet.train import CSV_COLUMNS, Trainer, TrainResult, train
+from hypernet.train.plot import KEPT_COLOUR, STYLE_COLOUR, render_loss
+from hypernet.train.trainer import CSV_COLUMNS, Trainer, TrainResult, train
 from test_train import opts, same_state, state
 from test_validation import data_dir, host  # noqa: F401  (the same tiny model and images)
 
@@ -53,7 +53,7 @@ def test_figures_are_exact_when_nothing_changes_and_grow_with_the_change():
 
 @pytest.mark.parametrize("kind", ["epsilon", "v"])
 def test_the_implied_clean_latent_inverts_the_target(kind):
-    from hypernet.train import noisy_latents, predicted_x0, target
+    from hypernet.train.trainer import noisy_latents, predicted_x0, target
     x0, noise, a = torch.randn(3, 4, 8, 8, dtype=torch.float64), torch.randn(3, 4, 8, 8, dtype=torch.float64), \
         torch.tensor([0.9, 0.5, 0.05], dtype=torch.float64)
     assert torch.allclose(predicted_x0(kind, target(kind, x0, noise, a), noisy_latents(x0, noise, a), a), x0)
@@ -143,7 +143,7 @@ def test_csv_plot_and_suggested_copy(host, data_dir, tmp_path):
     rows = [{"prompt_kept": figures[s][0], "style": figures[s][1]} for s in copies]
     assert result.suggested == list(copies.values())[probe.suggest(rows, 0.5)]
     assert result.suggested_step in copies
-    from hypernet import compare
+    from hypernet.train import compare
     found = compare.saved_copies([run])
     assert [c.suggested for c in found].count(True) == 1
     assert compare.suggested_copy(run) == result.suggested
@@ -159,7 +159,7 @@ def test_plot_without_measures_has_no_green():
 
 
 def test_cli_prints_the_suggested_copy_and_the_cost(host, data_dir, tmp_path, capsys):
-    from hypernet.cli import _print_probes
+    from hypernet.apps.cli import _print_probes
     result = TrainResult("out.pt", "", 0, 4, "completed", probes=[(0, 1.0, 0.0), (2, 0.95, 0.1), (4, 0.7, 0.3)],
                          probe_seconds=1.0, seconds=50.0, suggested="run/x-2.pt", suggested_step=2)
     _print_probes(result, 0.9)

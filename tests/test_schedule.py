@@ -6,8 +6,8 @@ import torch
 
 from hypernet import ConfigError
 from hypernet.config import TrainOptions
-from hypernet.schedule import cosine_factor, learning_rate, parse_schedule, value_at, warmup_factor
-from hypernet import train as T
+from hypernet.train.schedule import cosine_factor, learning_rate, parse_schedule, value_at, warmup_factor
+from hypernet.train import trainer as T
 
 
 def test_webui_schedule_semantics():

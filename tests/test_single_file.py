@@ -241,7 +241,7 @@ def _train(model, data, out, tmp_path):
 
 def test_cli_trains_on_a_single_file_offline_as_on_the_same_model_as_a_folder(tmp_path):
     import hypernet
-    from hypernet.demo import make_style_dataset
+    from hypernet.tiny.demo import make_style_dataset
     model = sf.write(tmp_path / "model.safetensors", "sd1").path
     data = make_style_dataset(tmp_path / "data", count=2)
     r = _train(model, data, tmp_path / "single.safetensors", tmp_path)
@@ -256,9 +256,9 @@ def test_cli_trains_on_a_single_file_offline_as_on_the_same_model_as_a_folder(tm
 
 
 def test_ui_command_passes_the_model_flags(monkeypatch):
-    import hypernet.standalone
-    from hypernet.cli import main
+    import hypernet.apps.standalone
+    from hypernet.apps.cli import main
     seen = {}
-    monkeypatch.setattr(hypernet.standalone, "serve", lambda *a, **kw: seen.update(kw, model=a[0]))
+    monkeypatch.setattr(hypernet.apps.standalone, "serve", lambda *a, **kw: seen.update(kw, model=a[0]))
     assert main(["ui", "--model", "m.safetensors", "--model-kind", "sd2", "--prediction-type", "v"]) == 0
     assert (seen["model"], seen["kind"], seen["prediction_type"]) == ("m.safetensors", "sd2", "v")

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 import hypernet
-from hypernet import HypernetError, timing, tiny
-from hypernet.cli import main
+from hypernet import HypernetError
+from hypernet.train import timing
+from hypernet.tiny import model as tiny
+from hypernet.apps.cli import main
 from hypernet.config import TrainOptions
 from hypernet.hosts.diffusers import DiffusersHost
-from hypernet.timing import LABELS, PHASES, PhaseTimer
-from hypernet.train import Trainer, build_optimizer
+from hypernet.train.timing import LABELS, PHASES, PhaseTimer
+from hypernet.train.trainer import Trainer, build_optimizer
 from test_train import make_images
 
 TINY = Path(hypernet.__file__).parent / "assets" / "tiny-sd"
@@ -165,7 +167,7 @@ def test_fixed_prompts_are_encoded_before_step_0_and_never_during_steps(data_dir
     trainer.timer.start = lambda: (calls_at_start.append(len(host.encoded)), start())
     result = trainer.run()
     assert result.step == 6 and calls_at_start
-    lines = len(hypernet.data.load_template("style_filewords"))
+    lines = len(hypernet.train.data.load_template("style_filewords"))
     assert sum(host.encoded) >= lines * 4  # every template line for every caption, and the probe prompts
     assert len(host.encoded) == calls_at_start[0]  # nothing encoded once the loop began
 

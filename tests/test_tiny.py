@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from hypernet import HypernetError, tiny
-from hypernet.tiny_build import evaluate, generate
-from hypernet.tiny_scenes import POSITIONS, PALETTE, WORDS, describe, prompt, random_scene, scene
+from hypernet import HypernetError
+from hypernet.tiny import model as tiny
+from hypernet.tiny.build import evaluate, generate
+from hypernet.tiny.scenes import POSITIONS, PALETTE, WORDS, describe, prompt, random_scene, scene
 
 SEEDS = [101, 102, 103, 104]
 
@@ -174,7 +175,7 @@ def test_random_weights_do_not_pass_the_steering_checks():
 # ---------------------------------------------------------------- the build script
 
 def test_build_runs_end_to_end_and_loads(tmp_path, no_network):
-    from hypernet.tiny_build import build
+    from hypernet.tiny.build import build
     info = build(tmp_path / "m", seed=3, scale=0.003, show=False, samples=False, log=lambda s: None)
     assert info["vae_steps"] >= 1 and info["unet_steps"] >= 1
     pipe = tiny.load_pipeline(tmp_path / "m")
@@ -195,7 +196,7 @@ def test_sample_command_writes_a_png(tmp_path):
 def test_stored_text_encoder_keys_load_with_either_transformers_naming():
     """transformers 4 names CLIPTextModel weights text_model.*, 5 drops the prefix; the shipped file has one."""
     import torch
-    from hypernet.tiny import _own_key_names
+    from hypernet.tiny.model import _own_key_names
 
     class Prefixed(torch.nn.Module):          # transformers 4 layout
         def __init__(self):

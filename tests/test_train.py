@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 import hypernet
-from hypernet import HypernetError, tiny
+from hypernet import HypernetError
+from hypernet.tiny import model as tiny
 from hypernet.config import CreateOptions, TrainOptions
-from hypernet.data import DatasetError
+from hypernet.train.data import DatasetError
 from hypernet.hosts.diffusers import DiffusersHost
-from hypernet.train import Trainer, train
+from hypernet.train.trainer import Trainer, train
 from models import StandInLatentDiffusion
 
 ROOT = Path(__file__).resolve().parents[1]

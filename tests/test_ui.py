@@ -13,7 +13,7 @@ gr = pytest.importorskip("gradio")
 
 import hypernet  # noqa: E402
 from hypernet.config import CreateOptions, TrainOptions  # noqa: E402
-from hypernet.demo import make_style_dataset  # noqa: E402
+from hypernet.tiny.demo import make_style_dataset  # noqa: E402
 from webui_stub.harness import stub_modules  # noqa: E402
 
 
@@ -34,13 +34,13 @@ def webui(tmp_path):
 
 @pytest.fixture(scope="module")
 def pipe():
-    from hypernet.tiny import load_pipeline
+    from hypernet.tiny.model import load_pipeline
     return load_pipeline()
 
 
 @pytest.fixture
 def studio(pipe, tmp_path):
-    from hypernet.standalone import Studio
+    from hypernet.apps.standalone import Studio
     s = Studio(pipe, str(tmp_path / "hypernetworks"), str(tmp_path / "logs"))
     yield s
     s.state.detach()
@@ -263,7 +263,7 @@ def test_standalone_refuses_requests_from_other_sites(studio, free_port):
 
 
 def test_same_origin_rule():
-    from hypernet.standalone import same_origin, served_names
+    from hypernet.apps.standalone import same_origin, served_names
     local, anywhere = served_names("127.0.0.1"), served_names("0.0.0.0")
     assert same_origin("http://127.0.0.1:7861", local, 7861)
     assert same_origin("http://localhost:7861", local, 7861)
@@ -278,7 +278,7 @@ def test_same_origin_rule():
 
 
 def test_standalone_train_tab_keeps_writes_in_its_folders(pipe, tmp_path, style_data):
-    from hypernet.standalone import Studio
+    from hypernet.apps.standalone import Studio
     from hypernet.ui import tabs
     studio = Studio(pipe, str(tmp_path / "hypernetworks"), str(tmp_path / "logs"))
     panel = tabs.Panel(studio.state, runtime=studio.runtime, log_dir=studio.log_dir)
@@ -300,17 +300,17 @@ def test_standalone_train_tab_keeps_writes_in_its_folders(pipe, tmp_path, style_
 
 
 def test_ui_command_passes_allow_any_path(monkeypatch):
-    import hypernet.standalone
-    from hypernet.cli import main
+    import hypernet.apps.standalone
+    from hypernet.apps.cli import main
     seen = {}
-    monkeypatch.setattr(hypernet.standalone, "serve", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setattr(hypernet.apps.standalone, "serve", lambda *a, **kw: seen.update(kw))
     assert main(["ui", "--port", "1"]) == 0 and seen["allow_any_path"] is False
     assert main(["ui", "--port", "1", "--allow-any-path"]) == 0 and seen["allow_any_path"] is True
 
 
 def test_ui_command_explains_a_missing_gradio(monkeypatch, capsys):
     import builtins
-    from hypernet.cli import main
+    from hypernet.apps.cli import main
     real_import = builtins.__import__
 
     def no_gradio(name, *args, **kwargs):
@@ -340,7 +340,7 @@ def test_standalone_answers_only_the_host_names_it_serves(studio, free_port):
 
 def test_a_non_loopback_bind_needs_expose_and_says_what_it_allows(studio, capsys):
     from hypernet.errors import ConfigError
-    from hypernet.standalone import check_bind
+    from hypernet.apps.standalone import check_bind
     for host in ("0.0.0.0", "::", "192.168.1.5", "box.lan"):
         with pytest.raises(ConfigError, match="--expose") as info:
             studio.launch(host, 1, block=False)
@@ -354,7 +354,7 @@ def test_a_non_loopback_bind_needs_expose_and_says_what_it_allows(studio, capsys
 def test_one_bad_file_never_takes_the_listing_with_it(studio, tmp_path):
     import io
     import torch
-    from hypernet import files
+    from hypernet.fileformat import files
     folder = studio.state.folder()
     hypernet.create(dims=[32], seed=0, name="good").save(f"{folder}/good.pt")
     state = torch.load(io.BytesIO(files.to_pt_bytes(hypernet.create(dims=[32], seed=0))), weights_only=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 UI = Path(__file__).resolve().parents[1] / "hypernet" / "ui"
 
-# Imports every module under hypernet/ui/ and hypernet.standalone with a finder that refuses `modules`.
+# Imports every module under hypernet/ui/ and hypernet.apps.standalone with a finder that refuses `modules`.
 REFUSE_MODULES = r"""
 import importlib, pkgutil, sys
 
@@ -18,7 +18,7 @@ class Refuse:
 
 sys.meta_path.insert(0, Refuse())
 import hypernet.ui
-names = ["hypernet.ui." + m.name for m in pkgutil.iter_modules(hypernet.ui.__path__)] + ["hypernet.standalone"]
+names = ["hypernet.ui." + m.name for m in pkgutil.iter_modules(hypernet.ui.__path__)] + ["hypernet.apps.standalone"]
 for name in names:
     importlib.import_module(name)
 print(" ".join(sorted(n for n in sys.modules if n.startswith("hypernet.webui"))) or "no-webui")
@@ -53,7 +53,7 @@ def test_a_studio_state_works_without_modules(tmp_path):
     """The state, cards and settings the standalone UI uses, driven with `modules` refused."""
     script = REFUSE_MODULES + rf"""
 import hypernet
-from hypernet.standalone import StandaloneState
+from hypernet.apps.standalone import StandaloneState
 from hypernet.ui.cards import card_facts
 from hypernet.ui.settings import value
 folder = {str(tmp_path)!r}

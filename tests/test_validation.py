@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 import hypernet
-from hypernet import tiny
+from hypernet.tiny import model as tiny
 from hypernet.config import CreateOptions
 from hypernet.errors import ConfigError
 from hypernet.hosts.diffusers import DiffusersHost
-from hypernet.plot import VALIDATION_COLOUR, render_loss
-from hypernet.train import CSV_COLUMNS, Trainer, _upgrade_csv, train
-from hypernet.validation import make_draws, pick_cycle, spread_timesteps
+from hypernet.train.plot import VALIDATION_COLOUR, render_loss
+from hypernet.train.trainer import CSV_COLUMNS, Trainer, _upgrade_csv, train
+from hypernet.train.validation import make_draws, pick_cycle, spread_timesteps
 from test_train import make_images, opts, same_state, state
 
 

@@ -349,8 +349,8 @@ def test_card_hashes_come_from_the_cache_unless_asked_to_compute(webui, sd1_unet
     assert webui.hashes.computed == []
     generate(webui, "<hypernet:alpha:1>", sd1_unet)          # using it hashes it (for the infotext)
     card = next(page.list_items())
-    assert card["shorthash"] == hypernet.shorthash(path) and hypernet.files.sha256_file(path) in card["search_terms"]
-    assert webui.hashes.cache["hypernet/alpha"]["sha256"] == hypernet.files.sha256_file(path)  # the webui's cache
+    assert card["shorthash"] == hypernet.shorthash(path) and hypernet.fileformat.files.sha256_file(path) in card["search_terms"]
+    assert webui.hashes.cache["hypernet/alpha"]["sha256"] == hypernet.fileformat.files.sha256_file(path)  # the webui's cache
     other = make(webui.folder, "beta.pt", seed=2)
     page.refresh()                                           # the page's refresh button
     assert {c["name"]: c["shorthash"] for c in page.list_items()}["beta"] == ""
@@ -511,7 +511,7 @@ def _plain_torch_save(path, seed):
         for p in hn.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
     state = {dim: tuple(m.state_dict() for m in hn.modules_for(dim)) for dim in hn.dims}
-    torch.save({**state, **hypernet.files.metadata_dict(hn)}, path)
+    torch.save({**state, **hypernet.fileformat.files.metadata_dict(hn)}, path)
     return path
 
 

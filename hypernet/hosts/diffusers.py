@@ -73,9 +73,6 @@ def load_pipeline(path, *, dtype=torch.float32, kind: str = "auto", prediction_t
                             ".safetensors/.ckpt checkpoint file")
     if path.is_dir():
         index = path / "model_index.json"
-        if not index.exists() and _is_tiny_folder(path):
-            from ..tiny import load_pipeline as tiny_pipeline
-            return tiny_pipeline(path, dtype=dtype)
         if not index.exists():
             raise HypernetError(f"--model {path}: folder has no model_index.json; it is not a diffusers pipeline")
         try:
@@ -93,13 +90,6 @@ def load_pipeline(path, *, dtype=torch.float32, kind: str = "auto", prediction_t
         raise HypernetError(f"--model {path}: expected a .safetensors or .ckpt checkpoint, or a diffusers folder")
     from .single_file import load_single_file
     return load_single_file(path, dtype=dtype, kind=kind, prediction_type=prediction_type)
-
-
-def _is_tiny_folder(path: Path) -> bool:
-    """A folder in the built-in tiny model's layout (hypernet/assets/tiny-sd, or one `python -m hypernet.tiny
-    build` wrote)."""
-    from ..tiny import CONFIG, WEIGHTS
-    return (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
 
 
 def _fingerprint(model) -> str:

@@ -13,24 +13,21 @@ above 0.09 means v (real 768-v files lie well above, 512-base files below). It i
 `prediction_type=` (the CLI's `--prediction-type`) overrides it.
 
 Bytes are read once, one model part at a time (a 7 GB SDXL file never sits in memory twice): a .safetensors file is
-memory-mapped once its header passed hypernet/container.py's checks; a .ckpt is a pickle, read through that module's
+memory-mapped once its header passed hypernet/fileformat/container.py's checks; a .ckpt is a pickle, read through that module's
 restricted reader, and one that asks for anything but tensors is refused unread.
 """
 from __future__ import annotations
 
-import gzip
 import json
-import os
-import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..container import Reader, TensorRef, read as read_container
+from ..fileformat.container import Reader, TensorRef, read as read_container
 from ..errors import HypernetError, UnsafeFileError
+from .clip_tokenizer import clip_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "assets" / "configs"
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
@@ -46,7 +43,6 @@ PREDICTIONS = {"auto": None, "epsilon": "epsilon", "eps": "epsilon", "v": "v_pre
                "v_prediction": "v_prediction"}
 V_STD_THRESHOLD = 0.09   # ComfyUI's (comfy/supported_models.py, SD20.model_type)
 HEAD_CHANNELS = 64       # SD2 / SDXL UNets and every CLIP text tower: 64 channels per attention head
-CLIP_MERGES = 48894      # BPE merges CLIP's tokenizer uses (its vocabulary is 49408 tokens)
 
 
 @dataclass
@@ -324,32 +320,6 @@ def _model_key(key: str, wanted) -> str:
         return key
     bare = key[len("text_model."):] if key.startswith("text_model.") else "text_model." + key
     return bare if bare in wanted else key
-
-
-@lru_cache(maxsize=1)
-def _tokenizer_folder() -> str:
-    """vocab.json + merges.txt of CLIP's tokenizer, written once per process from the shipped merges: the
-    vocabulary is the 256 byte symbols, the same with '</w>', every merge joined, then the two special tokens."""
-    from ..tiny import _bytes_to_unicode
-    text = gzip.decompress((CONFIGS / "clip-merges.txt.gz").read_bytes()).decode("utf-8")
-    merges = text.split("\n")[1:CLIP_MERGES + 1]
-    chars = list(_bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder = tempfile.mkdtemp(prefix="hypernet-clip-tok-")
-    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as fh:
-        json.dump({t: i for i, t in enumerate(vocab)}, fh, ensure_ascii=False)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as fh:
-        fh.write(text.split("\n", 1)[0] + "\n" + "\n".join(merges) + "\n")
-    return folder
-
-
-def clip_tokenizer(facts: dict):
-    """CLIP's tokenizer (49408 tokens) with one family's special tokens (SD2's OpenCLIP pads with '!')."""
-    from transformers import CLIPTokenizer
-    folder = _tokenizer_folder()
-    kwargs = {k: v for k, v in facts.items() if not k.startswith("_")}
-    return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), **kwargs)
 
 
 def _scheduler(facts: dict, prediction: str):

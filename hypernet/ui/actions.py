@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Optional
 
 from ..bounds import check_path
-from ..compat import summary
+from ..fileformat.compat import summary
 from ..config import CreateOptions, TrainOptions
 from ..errors import ConfigError, HypernetError, NotFoundError
-from ..files import readers_of
+from ..fileformat.files import readers_of
 from .settings import SAVE_FORMATS, value
 
 CREATE_FIELDS = tuple(f.name for f in dataclasses.fields(CreateOptions))
@@ -114,7 +114,7 @@ def human_size(n: int) -> str:
 
 def create_file(state, fields: dict) -> dict:
     """Create and save a hypernetwork from CreateOptions fields plus `overwrite` and `format`; what was made."""
-    from .. import from_options
+    from ..network import from_options
     fields = dict(fields)
     overwrite = bool(fields.pop("overwrite", False))
     fmt = save_format(fields.pop("format", None))
@@ -195,7 +195,7 @@ def _new_name(create_fields: dict) -> str:
 def _placed(state, options: TrainOptions, name: str, fmt: str, source: Optional[str]) -> TrainOptions:
     """The options with output, log_dir and latent_cache_dir resolved inside their folders (403 outside), and the
     output refused (409) if it would replace another file without overwrite; continuing writes into the source."""
-    from ..train import replaces_other_file
+    from ..train.trainer import replaces_other_file
     allow, logs = any_path_allowed(state), log_folder(state)
     log_dir = confined(logs, options.log_dir, "log_dir", "log folder", allow)
     cache = options.latent_cache_dir and confined(logs, options.latent_cache_dir, "latent_cache_dir", "log folder",
@@ -266,7 +266,7 @@ def compare_copies(state, fields: dict, runtime, progress=None, fresh: bool = Tr
     stop_compare, stops between images and the partial grid is kept. `fresh`: forget a stop asked before this call
     (a UI whose button queues the work clears it with begin_compare at the click instead, so a Stop pressed while
     the comparison waits in the queue still counts)."""
-    from .. import compare
+    from ..train import compare
     from ..config import CompareOptions
     fields = {k: v for k, v in fields.items() if v is not None}
     run = _readable(state, fields.pop("run", None), "run")
@@ -309,7 +309,7 @@ def stop_compare(state) -> None:
 
 def keep_copy(state, fields: dict) -> dict:
     """Copy a saved copy (`file`) into the hypernetwork folder as `name` (default its own), `overwrite` to replace."""
-    from .. import compare
+    from ..train import compare
     source = _readable(state, fields.get("file"), "file")
     if not os.path.isfile(source):
         raise ActionError(422, "file", f"file: {source} is not a saved copy")
@@ -331,7 +331,7 @@ def keep_copy(state, fields: dict) -> dict:
 
 def saved_copy_names(state) -> dict:
     """Every saved copy of the log folder's runs by the name a tag may call it: <date>/<run>/<file stem>."""
-    from ..compare import copy_files
+    from ..train.compare import copy_files
     root = log_folder(state)
     names = {}
     for run in run_folders(state):

@@ -11,9 +11,9 @@ from typing import Dict, List, Optional
 
 from ..config import CompareOptions
 from . import actions
-from .tabs import Panel, _cleaned, _error, _essential, _fields, _label, _message, component
+from .widgets import Panel, cleaned, component, error_html, fields_of, is_essential, message_html, name_label
 
-COMPARE_FIELDS = tuple(f.name for f in _fields(CompareOptions))
+COMPARE_FIELDS = tuple(f.name for f in fields_of(CompareOptions))
 
 
 def run_choices(panel: Panel) -> List[str]:
@@ -51,10 +51,10 @@ def compare_click(panel: Panel, gr, run, *values, progress=None):
     shown = None if progress is None else (lambda done, total: progress((done, total), desc="Comparing copies",
                                                                         unit="images"))
     try:
-        result = actions.compare_copies(panel.state, {"run": run, **_cleaned(COMPARE_FIELDS, values)}, panel.runtime,
+        result = actions.compare_copies(panel.state, {"run": run, **cleaned(COMPARE_FIELDS, values)}, panel.runtime,
                                         shown, fresh=False)
     except actions.ActionError as exc:
-        return _error(exc), None, gr.update()
+        return error_html(exc), None, gr.update()
     paths = [c.path for c in result.copies]
     suggested = next((c.path for c in result.copies if c.suggested), None)  # preselected for Keep as final file
     return comparison_html(result), result.image, gr.update(choices=paths, value=suggested)
@@ -63,11 +63,11 @@ def compare_click(panel: Panel, gr, run, *values, progress=None):
 def keep_click(panel: Panel, copy, name, overwrite) -> str:
     """Keep button: copy the chosen copy into the hypernetwork folder."""
     if not copy:
-        return _message("Choose the copy to keep first (compare the run to list its copies).", error=True)
+        return message_html("Choose the copy to keep first (compare the run to list its copies).", error=True)
     try:
-        return _message(actions.keep_copy(panel.state, {"file": copy, "name": name, "overwrite": overwrite})["info"])
+        return message_html(actions.keep_copy(panel.state, {"file": copy, "name": name, "overwrite": overwrite})["info"])
     except actions.ActionError as exc:
-        return _error(exc)
+        return error_html(exc)
 
 
 def build(gr, panel: Panel) -> Dict[str, object]:
@@ -81,10 +81,10 @@ def build(gr, panel: Panel) -> Dict[str, object]:
             # The newest run at each start, not the one the host's ui-config.json saw first.
             c["run"].do_not_save_to_config = True
             c["refresh"] = gr.Button("Refresh", scale=1, min_width=80, elem_id="hypernet_compare_refresh")
-        fields = _fields(CompareOptions)
-        inputs = {f.name: _input(gr, f) for f in fields if _essential(f)}
+        fields = fields_of(CompareOptions)
+        inputs = {f.name: _input(gr, f) for f in fields if is_essential(f)}
         with gr.Accordion("Sampling", open=False):
-            inputs.update({f.name: _input(gr, f) for f in fields if not _essential(f)})
+            inputs.update({f.name: _input(gr, f) for f in fields if not is_essential(f)})
         c["inputs"] = [inputs[name] for name in COMPARE_FIELDS]
         with gr.Row():
             c["compare"] = gr.Button("Compare saved copies", variant="primary", elem_id="hypernet_compare_button")
@@ -103,7 +103,7 @@ def build(gr, panel: Panel) -> Dict[str, object]:
 
 def _input(gr, f):
     """A comparison option's input, labelled "Grid ..." (the Train tab has its own Seed, Steps, Width...)."""
-    return component(gr, f, "hypernet_compare", label=f"Grid {_label(f.name).lower()}")
+    return component(gr, f, "hypernet_compare", label=f"Grid {name_label(f.name).lower()}")
 
 
 def wire(gr, panel: Panel, c: Dict[str, object]) -> None:

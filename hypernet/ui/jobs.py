@@ -164,7 +164,7 @@ class TrainJob:
             self._update(finished=time.time())
 
     def _train(self) -> None:
-        from ..train import Trainer
+        from ..train.trainer import Trainer
         host = self.runtime.host()
         create = None
         if self.create_fields is not None:

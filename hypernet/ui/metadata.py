@@ -1,13 +1,13 @@
 """A hypernetwork file's metadata and layer shapes, read without its weights (for cards and API listings).
 
-The facts come from the same reading path as a full load (`hypernet.files.inspect`): the same structure,
+The facts come from the same reading path as a full load (`hypernet.fileformat.files.inspect`): the same structure,
 size and layout checks, with the weights left unread. A file the cards call loadable therefore loads.
 """
 from __future__ import annotations
 
-from ..compat import summary
+from ..fileformat.compat import summary
 from ..config import made_for
-from ..files import inspect, readers_of
+from ..fileformat.files import inspect, readers_of
 
 
 def read(path: str) -> dict:

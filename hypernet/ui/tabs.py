@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from ..config import COMMON_DIMS, CreateOptions, TrainOptions
+from ..config import CreateOptions, TrainOptions
 from . import actions
 from .settings import SAVE_FORMATS, value
+from .widgets import Panel, cleaned, component, error_html, fields_of, is_essential, message_html, name_label
 
 NEW = "(new hypernetwork)"
 # One stylesheet for every host (the webui, Forge, the standalone UI), carried by the tabs themselves: a <style>
@@ -33,104 +32,19 @@ TXT2IMG_PREVIEW_FIELDS = ("preview_prompt", "preview_negative_prompt", "preview_
                           "preview_cfg_scale", "preview_seed", "preview_width", "preview_height")
 
 
-@dataclass
-class Panel:
-    """What the tabs act on: the state (library folder, jobs), where jobs run, and optional txt2img inputs."""
-
-    state: object
-    runtime: object                                # where jobs run: LocalRuntime, or the webui's WebuiRuntime
-    txt2img_preview: Optional[Sequence] = None     # gradio components, in TXT2IMG_PREVIEW_FIELDS order
-    log_dir: Optional[str] = None                  # the Log dir box's value (None: the setting / webui default)
-
-
-# ---------------------------------------------------------------------------------------------- components
-def _label(name: str) -> str:
-    return name.replace("_", " ").capitalize()
-
-
-def field_label(f: dataclasses.Field) -> str:
-    """A field's UI label: its own from the dataclass, else its name in words."""
-    return f.metadata.get("label") or _label(f.name)
-
-
-def _default(f: dataclasses.Field):
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
-def _text(values) -> str:
-    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-
-
-def component(gr, f: dataclasses.Field, prefix: str, default=None, label: Optional[str] = None):
-    """One gradio input for a dataclass field: its kind, default, help text and choices come from the field.
-
-    Every label is unique within the tab (`label` words a field of a second form): the webui and Forge keep each
-    field's value in ui-config.json keyed by tab and label."""
-    value_ = _default(f) if default is None else default
-    meta = f.metadata
-    common = dict(label=label or field_label(f), info=meta.get("help", ""), elem_id=f"{prefix}_{f.name}")
-    if f.name == "dims":
-        choices = [str(d) for d in COMMON_DIMS]
-        return gr.CheckboxGroup(choices=choices, value=[str(d) for d in value_], **common)
-    if meta.get("choices"):
-        return gr.Dropdown(choices=[str(c) for c in meta["choices"]], value=str(value_), **common)
-    if isinstance(value_, bool):
-        return gr.Checkbox(value=value_, **common)
-    if isinstance(value_, int):
-        return gr.Number(value=value_, precision=0, **common)
-    if isinstance(value_, float):
-        return gr.Number(value=value_, **common)
-    if isinstance(value_, list):
-        return gr.Textbox(value=_text(value_), **common)
-    return gr.Textbox(value="" if value_ is None else str(value_), **common)
-
-
-def _fields(cls, skip: Sequence[str] = ()) -> List[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.name not in skip]
-
-
-def _cleaned(names: Sequence[str], values: Sequence) -> dict:
-    """Component values as option fields; an empty number box means the default."""
-    out = {}
-    for name, val in zip(names, values):
-        if val is None:
-            continue
-        if isinstance(val, float) and val.is_integer() and name in _INT_FIELDS:
-            val = int(val)
-        out[name] = val
-    return out
-
-
-_INT_FIELDS = {f.name for cls in (CreateOptions, TrainOptions) for f in dataclasses.fields(cls)
-               if isinstance(_default(f), int) and not isinstance(_default(f), bool)}
-
-
-def _message(text: str, error: bool = False) -> str:
-    colour = "#c0392b" if error else "inherit"
-    return f"<p style='color:{colour}'>{html.escape(text)}</p>"
-
-
-def _error(exc: Exception) -> str:
-    return _message(f"Error: {exc}", error=True)
-
-
 # ---------------------------------------------------------------------------------------------- Create
-CREATE_INPUTS = tuple(f.name for f in _fields(CreateOptions)) + ("format", "overwrite")
+CREATE_INPUTS = tuple(f.name for f in fields_of(CreateOptions)) + ("format", "overwrite")
 
 
 def create_click(panel: Panel, *values):
     """Create button: (message HTML, new choices for the Train tab's hypernetwork list)."""
-    fields = _cleaned(CREATE_INPUTS, values)
+    fields = cleaned(CREATE_INPUTS, values)
     try:
         reply = actions.create_file(panel.state, fields)
     except actions.ActionError as exc:
-        return _error(exc), None
+        return error_html(exc), None
     text = reply["info"] + (f". {reply['note']}" if reply.get("note") else "")
-    return _message(text), reply
-
-
-def _essential(f: dataclasses.Field) -> bool:
-    return bool(f.metadata.get("essential"))
+    return message_html(text), reply
 
 
 def build_create_tab(gr, panel: Panel):
@@ -141,12 +55,12 @@ def build_create_tab(gr, panel: Panel):
     comps: Dict[str, object] = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=320):
-            for f in _fields(CreateOptions):
-                if _essential(f):
+            for f in fields_of(CreateOptions):
+                if is_essential(f):
                     comps[f.name] = component(gr, f, "hypernet_create")
             with gr.Accordion("More options", open=False):
-                for f in _fields(CreateOptions):
-                    if not _essential(f):
+                for f in fields_of(CreateOptions):
+                    if not is_essential(f):
                         comps[f.name] = component(gr, f, "hypernet_create")
                 comps["format"] = gr.Dropdown(choices=list(SAVE_FORMATS), value=value("save_format"),
                                               label="File type", elem_id="hypernet_create_format",
@@ -162,8 +76,8 @@ def build_create_tab(gr, panel: Panel):
 
 
 # ---------------------------------------------------------------------------------------------- Train
-TRAIN_CREATE_FIELDS = tuple(f.name for f in _fields(CreateOptions))
-TRAIN_OPTION_FIELDS = tuple(f.name for f in _fields(TrainOptions))
+TRAIN_CREATE_FIELDS = tuple(f.name for f in fields_of(CreateOptions))
+TRAIN_OPTION_FIELDS = tuple(f.name for f in fields_of(TrainOptions))
 
 
 def hypernetwork_choices(panel: Panel) -> List[str]:
@@ -177,13 +91,13 @@ def hypernetwork_choices(panel: Panel) -> List[str]:
 def train_fields(hypernetwork: str, create_values: Sequence, option_values: Sequence,
                  use_txt2img: bool = False, txt2img_values: Sequence = ()) -> dict:
     """The Train tab's inputs as one actions.start_training request."""
-    fields = _cleaned(TRAIN_OPTION_FIELDS, option_values)
+    fields = cleaned(TRAIN_OPTION_FIELDS, option_values)
     if use_txt2img and txt2img_values:
-        fields.update(_cleaned(TXT2IMG_PREVIEW_FIELDS, txt2img_values))
+        fields.update(cleaned(TXT2IMG_PREVIEW_FIELDS, txt2img_values))
     if hypernetwork and hypernetwork != NEW:
         fields["hypernetwork"] = hypernetwork
     else:
-        create = _cleaned(TRAIN_CREATE_FIELDS, create_values)
+        create = cleaned(TRAIN_CREATE_FIELDS, create_values)
         if not create.get("dims"):
             create.pop("dims", None)  # none ticked: the loaded model's widths
         fields.update(create)
@@ -193,7 +107,7 @@ def train_fields(hypernetwork: str, create_values: Sequence, option_values: Sequ
 def status_html(status: Optional[dict]) -> str:
     """One status paragraph for a job snapshot."""
     if not status or status.get("job_id") is None:
-        return _message("No training job yet.")
+        return message_html("No training job yet.")
     s = status
     parts = [f"{s['name']}: {s['state']}", f"step {s['step']}/{s['total']}"]
     if s.get("loss") is not None:
@@ -218,13 +132,13 @@ def status_html(status: Optional[dict]) -> str:
     if s.get("timing"):
         notes += f". {s['timing'][0].upper()}{s['timing'][1:]}"
     if s.get("error"):
-        return _message(f"{text}{notes}. Error: {s['error']}", error=True)
-    return _message(text + notes)
+        return message_html(f"{text}{notes}. Error: {s['error']}", error=True)
+    return message_html(text + notes)
 
 
 def loss_image(status: Optional[dict]):
     """The loss curve so far as a PIL image, or None before the first step."""
-    from ..plot import render_loss
+    from ..train.plot import render_loss
     points = (status or {}).get("losses") or []
     if not points:
         return None
@@ -261,7 +175,7 @@ def train_click(panel: Panel, hypernetwork, use_txt2img, *values):
         fields = train_fields(hypernetwork, create_values, option_values, bool(use_txt2img), txt2img_values)
         job = actions.start_training(panel.state, fields, runtime=panel.runtime)
     except actions.ActionError as exc:
-        yield _error(exc), None, []
+        yield error_html(exc), None, []
         return
     yield from follow(job)
 
@@ -278,9 +192,9 @@ def watch_click(panel: Panel):
 def interrupt_click(panel: Panel) -> str:
     job = actions.running_job(panel.state)
     if job is None:
-        return _message("No training job is running.")
+        return message_html("No training job is running.")
     job.interrupt()
-    return _message(f"Interrupting {job.status.name}: it finishes the current step and saves.")
+    return message_html(f"Interrupting {job.status.name}: it finishes the current step and saves.")
 
 
 def build_train_tab(gr, panel: Panel):
@@ -308,18 +222,18 @@ def build_train_tab(gr, panel: Panel):
                 c["refresh"] = gr.Button("Refresh list", scale=1, min_width=100, elem_id="hypernet_train_refresh")
             with gr.Accordion("New hypernetwork", open=True):
                 c["create"] = {}
-                new_fields = _fields(CreateOptions)
-                for f in [f for f in new_fields if _essential(f)]:
+                new_fields = fields_of(CreateOptions)
+                for f in [f for f in new_fields if is_essential(f)]:
                     c["create"][f.name] = _new_component(gr, f)
                 with gr.Accordion("Architecture", open=False):
-                    for f in [f for f in new_fields if not _essential(f)]:
+                    for f in [f for f in new_fields if not is_essential(f)]:
                         c["create"][f.name] = _new_component(gr, f)
                 c["create"] = [c["create"][f.name] for f in new_fields]
-            options([f for f in _fields(TrainOptions) if _essential(f)])
+            options([f for f in fields_of(TrainOptions) if is_essential(f)])
             for group, title in GROUPS:
                 with gr.Accordion(title, open=False):
-                    options([f for f in _fields(TrainOptions) if f.metadata.get("group") == group
-                             and not _essential(f)])
+                    options([f for f in fields_of(TrainOptions) if f.metadata.get("group") == group
+                             and not is_essential(f)])
                     if group == "preview":
                         c["use_txt2img"] = gr.Checkbox(value=panel.txt2img_preview is not None,
                                                        visible=panel.txt2img_preview is not None,
@@ -343,7 +257,7 @@ def _new_component(gr, f: dataclasses.Field):
     """A creation field on the Train tab: empty name and no ticked widths mean "from the data / the model"."""
     return component(gr, f, "hypernet_train_new", default="" if f.name == "name" else ([] if f.name == "dims"
                                                                                         else None),
-                     label=f"{_label(f.name)} of the new hypernetwork")
+                     label=f"{name_label(f.name)} of the new hypernetwork")
 
 
 def wire(gr, panel: Panel, create, train) -> dict:

@@ -35,7 +35,7 @@ The models work with pydantic 1 (the webui's fastapi 0.94) and 2 (Forge, newer f
 import dataclasses
 from typing import Any, Optional
 
-from .. import compare as compare_copies
+from ..train import compare as compare_copies
 from ..config import CompareOptions, CreateOptions, TrainOptions
 from ..ui import actions
 from ..ui.actions import CREATE_FIELDS, TRAIN_FIELDS
@@ -243,7 +243,7 @@ def add_routes(app, state: Optional[HypernetState] = None, auth: Optional[str] =
     def compare(body: CompareRequest = Body(...)):  # type: ignore[valid-type]
         import base64
 
-        from ..plot import png_bytes
+        from ..train.plot import png_bytes
         try:
             result = actions.compare_copies(the_state(), _dump(body), WebuiRuntime())
         except actions.ActionError as exc:

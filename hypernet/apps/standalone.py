@@ -20,9 +20,9 @@ import threading
 from typing import List, Optional
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, HypernetError, TagError
-from .tags import format_tag, parse
-from .ui.state import Applied, LibraryState
+from ..errors import ConfigError, HypernetError, TagError
+from ..tags import format_tag, parse
+from ..ui.state import Applied, LibraryState
 
 GENERATE_DEFAULTS = {"steps": 20, "cfg_scale": 5.0, "seed": 0}
 QUEUE_WORKERS = 4
@@ -163,8 +163,8 @@ class Studio:
     """The standalone app: state, a lock shared by generation and training, and the gradio Blocks."""
 
     def __init__(self, pipe, folder: str, log_dir: str, size: Optional[int] = None, allow_any_path: bool = False):
-        from .hosts.diffusers import DiffusersHost
-        from .ui.jobs import LocalRuntime
+        from ..hosts.diffusers import DiffusersHost
+        from ..ui.jobs import LocalRuntime
         os.makedirs(folder, exist_ok=True)
         self.pipe = pipe
         self.state = StandaloneState(folder, pipe, log_dir, allow_any_path)
@@ -212,7 +212,7 @@ class Studio:
     # ------------------------------------------------------------------------------------------ cards
     def cards_html(self) -> str:
         """Every file in the folder as a card: name, widths, step, size and whether it fits the pipeline."""
-        from .ui.cards import card_facts, face_warning
+        from ..ui.cards import card_facts, face_warning
         self.state.library.refresh()
         entries = self.state.entries()
         if not entries:
@@ -246,7 +246,7 @@ class Studio:
     # ------------------------------------------------------------------------------------------ the UI
     def build(self):
         import gradio as gr
-        from .ui.tabs import Panel, build_create_tab, build_train_tab, wire
+        from ..ui.tabs import Panel, build_create_tab, build_train_tab, wire
         panel = Panel(self.state, runtime=self.runtime, log_dir=self.log_dir)
         with gr.Blocks(title="hypernet", analytics_enabled=False) as blocks:
             gr.Markdown("## hypernet: create, train and try Stable Diffusion hypernetworks")
@@ -328,12 +328,8 @@ def serve(model: Optional[str] = None, folder: str = "models/hypernetworks", log
     `allow_any_path`: training may write outside `folder` and `log_dir`; `kind` / `prediction_type`: as
     hosts.diffusers.load_pipeline takes them; `allowed_hosts`, `expose`: as Studio.launch takes them."""
     check_bind(host, port, expose)  # before the model loads
-    if model:
-        from .hosts.diffusers import load_pipeline
-        pipe = load_pipeline(model, kind=kind, prediction_type=prediction_type)
-    else:
-        from .tiny import load_pipeline as tiny_pipeline
-        pipe = tiny_pipeline()
+    from .models import load_pipeline
+    pipe = load_pipeline(model or None, kind=kind, prediction_type=prediction_type)
     studio = Studio(pipe, folder, log_dir, allow_any_path=allow_any_path)
     return studio, studio.launch(host, port, open_browser, block, allowed_hosts, expose)
 

@@ -47,7 +47,7 @@ def pick_cycle(n: int, count: int, rng: random.Random) -> List[int]:
 def make_draws(examples: Sequence[Tuple[torch.Tensor, str, Optional[torch.Tensor], str]], count: int, seed: int,
                low: int, high: int, noise_offset: float) -> List[Draw]:
     """`count` fixed draws over (latent, prompt, weight, source) examples, all randomness from `seed`."""
-    from .train import sample_noise
+    from .trainer import sample_noise
     rng = random.Random(seed ^ _SALT)
     picks = pick_cycle(len(examples), count, rng)
     timesteps = spread_timesteps(count, low, high)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 from typing import List, Tuple
 
-from .bounds import MAX_LIST_ENTRIES, brief
-from .errors import ConfigError
+from ..bounds import MAX_LIST_ENTRIES, brief
+from ..errors import ConfigError
 
 
 def parse_schedule(text, max_steps: int, field: str = "learning_rate") -> List[Tuple[float, int]]:

@@ -19,10 +19,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
-from .bounds import read_json
-from .config import CompareOptions, CreateOptions
-from .errors import ConfigError, HypernetError
-from .files import atomic_write_with, inspect
+from ..bounds import read_json
+from ..config import CompareOptions, CreateOptions
+from ..errors import ConfigError, HypernetError
+from ..fileformat.files import atomic_write_with, inspect
 from .plot import write_png
 
 SUFFIXES = (".pt", ".safetensors")
@@ -258,9 +258,6 @@ def model_of(settings: dict) -> str:
     path = model.get("path") or ""
     if path and Path(path).exists():
         return path
-    from .tiny import ASSETS
-    if model.get("name") == ASSETS.name:  # the built-in tiny model, recorded from another checkout
-        return str(ASSETS)
     where = f" ({model.get('host')} model {model.get('name')!r})" if model else ""
     raise HypernetError(f"the run's model{where} is not at {path or 'a recorded path'}; pass --model with the "
                         "diffusers folder or checkpoint it was trained on")
@@ -296,7 +293,8 @@ def render(host, copies: Sequence[Copy], options: CompareOptions,
 
     `progress(done, total)` is called after every image; when it returns True the rendering stops there and the grid
     holds what was rendered, grey where an image is missing."""
-    from . import attach, load
+    from ..attach import attach
+    from ..fileformat.files import load
     prompts, strengths = options.prompts(), options.strength_list()
     if not prompts:
         raise ConfigError("prompt", "give at least one prompt")

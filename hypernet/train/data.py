@@ -35,10 +35,10 @@ from PIL import Image, ImageOps
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .bounds import MAX_CAPTION_BYTES, MAX_DECODED_BYTES, MAX_IMAGE_FILE_BYTES, MAX_TEXT_BYTES, read_text
-from .config import TrainOptions
-from .errors import ConfigError, HypernetError, HypernetWarning
-from .files import atomic_write
+from ..bounds import MAX_CAPTION_BYTES, MAX_DECODED_BYTES, MAX_IMAGE_FILE_BYTES, MAX_TEXT_BYTES, read_text
+from ..config import TrainOptions
+from ..errors import ConfigError, HypernetError, HypernetWarning
+from ..fileformat.files import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS", "TEMPLATE_DIR", "Batch", "DatasetError", "TrainingSet", "caption_from_filename",
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 CACHE_FORMAT = "hypernet-latents"
 CACHE_VERSION = "1"  # bump when decoding, resizing or bucketing changes what a cached latent holds
 _LEADING_NUMBERS = re.compile(r"^[-\d]+\s*")  # the webui's re_numbers_at_start

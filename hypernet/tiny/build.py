@@ -24,13 +24,13 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from . import tiny
-from .tiny_scenes import COLOURS, POSITIONS, SHAPES, WORDS, Scene, describe, random_scene
+from . import model as tiny
+from .scenes import COLOURS, POSITIONS, SHAPES, WORDS, Scene, describe, random_scene
 
 MAX_TOKENS = 32  # captions are at most ~15 tokens; SD's 77 would only make every step slower
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -237,8 +237,13 @@ def generate(pipe, prompts, seeds, steps: int = 20, cfg: float = 5.0, batch: int
     return images
 
 
+def sample(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, cfg: float = 5.0):
+    """64x64 PIL images, one per (prompt, seed), deterministic; see generate."""
+    return generate(pipe, list(prompts), list(seeds), steps, cfg)
+
+
 def evaluate(pipe, count: int = 40, seed: int = 1234, steps: int = 20, cfg: float = 5.0) -> Dict[str, float]:
-    """How often generated images show what the full caption asks for (read back with tiny_scenes.describe).
+    """How often generated images show what the full caption asks for (read back with scenes.describe).
 
     Chance levels: background and shape colour ~1/8, position 1/5, kind 1/3.
     """

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .bounds import brief, check_path
-from .config import CompareOptions, CreateOptions, DemoOptions
-from .errors import HypernetError
+from ..bounds import brief, check_path
+from ..config import CompareOptions, CreateOptions, DemoOptions
+from ..errors import HypernetError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,13 +68,13 @@ def _existing_folder(path: Path) -> None:
 
 def _refuse_overwrite(output, source, overwrite: bool) -> None:
     """HypernetError naming `output` when it would replace a file other than `source` (the one being continued)."""
-    from .train import replaces_other_file
+    from ..train.trainer import replaces_other_file
     if not overwrite and replaces_other_file(output, source):
         raise HypernetError(f"{output}: already exists; add --overwrite to replace it, or choose another --output")
 
 
 def _cmd_create(args) -> int:
-    from . import from_options
+    from ..network import from_options
     out = Path(args.output)
     if out.suffix.lower() not in (".pt", ".safetensors"):
         raise HypernetError(f"{out}: output must end in .pt or .safetensors")
@@ -100,9 +100,9 @@ def _size(n: int) -> str:
 
 def describe(path) -> dict:
     """Everything `info` shows about a file, as plain data."""
-    from .compat import summary
-    from .config import base_models
-    from .files import load, sha256_file, webui_check, load_optimizer
+    from ..fileformat.compat import summary
+    from ..config import base_models
+    from ..fileformat.files import load, sha256_file, webui_check, load_optimizer
     hn = load(path)
     digest = sha256_file(path)
     c = hn.config
@@ -138,7 +138,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from .files import load
+    from ..fileformat.files import load
     src, dst = Path(args.input), Path(args.output)
     if src.resolve() == dst.resolve():
         raise HypernetError(f"{dst}: input and output are the same file")
@@ -151,7 +151,7 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from .files import load, webui_check
+    from ..fileformat.files import load, webui_check
     hn = load(args.file)
     line = f"ok: {args.file} is a safe hypernetwork '{hn.name}' with widths {hn.dims}, step {hn.step}"
     if not str(args.file).lower().endswith(".safetensors"):
@@ -165,7 +165,7 @@ def _cmd_check(args) -> int:
 
 def _check_images(options) -> None:
     """HypernetError unless the data folder exists and holds images (before any model loads)."""
-    from .data import IMAGE_EXTENSIONS, scan_images
+    from ..train.data import IMAGE_EXTENSIONS, scan_images
     if not options.data:
         raise HypernetError("--data: give the folder of training images")
     try:
@@ -180,7 +180,7 @@ def _check_images(options) -> None:
 def _train_plan(args):
     """(TrainOptions, CreateOptions or None when continuing) from the flags, every one checked before a model loads;
     a new file's dims are a stand-in until the model's widths are known."""
-    from .config import TrainOptions
+    from ..config import TrainOptions
     create_given = [f.name for f in dataclasses.fields(CreateOptions)
                     if f.name != "name" and getattr(args, f.name) is not None]
     if args.hypernetwork and create_given:
@@ -205,14 +205,14 @@ _TRAIN_FLAGS = {"model": None, "model_kind": ("auto", "sd1", "sd2", "sdxl"),
 
 
 def _train_keys() -> list:
-    from .config import TrainOptions
+    from ..config import TrainOptions
     return [f.name for cls in (TrainOptions, CreateOptions) for f in dataclasses.fields(cls)] + list(_TRAIN_FLAGS)
 
 
 def _apply_config(args) -> None:
     """Fill every flag not given on the command line from --config; flags given explicitly win."""
     if args.config:
-        from .config_file import read_config
+        from ..train.config_file import read_config
         for key, value in read_config(args.config, _train_keys()).items():
             if getattr(args, key, None) is None:
                 setattr(args, key, value)
@@ -230,7 +230,7 @@ def _apply_config(args) -> None:
 
 def _dump_config(args, options, create) -> int:
     """Write the run's every training option (and the given creation and model flags) to --dump-config."""
-    from .config_file import write_config
+    from ..train.config_file import write_config
     values = {key: getattr(args, key) for key in _TRAIN_FLAGS}
     values.update(options.to_dict())
     if create is not None:
@@ -241,7 +241,7 @@ def _dump_config(args, options, create) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import output_path
+    from ..train.trainer import output_path
     _apply_config(args)
     options, create = _train_plan(args)
     if args.dump_config:
@@ -249,7 +249,7 @@ def _cmd_train(args) -> int:
     name = create.name if create is not None else args.name
     if name:  # a continued file without --name is named by its contents: checked once it is read
         _refuse_overwrite(output_path(options, name), args.hypernetwork, options.overwrite)
-    from . import distributed
+    from ..train import distributed
     device = _train_device(args.device)
     group = distributed.init_from_env(device)
     try:
@@ -262,7 +262,7 @@ def _train_device(requested: Optional[str]) -> str:
     """The device flag, defaulting to CUDA when there is one; under torchrun each process takes its LOCAL_RANK's
     GPU."""
     import torch
-    from . import distributed
+    from ..train import distributed
     device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and distributed.launched():
         device = f"cuda:{distributed.local_rank()}"
@@ -271,13 +271,14 @@ def _train_device(requested: Optional[str]) -> str:
 
 def _model_dtype(flag: Optional[str], device: str):
     """The frozen model's dtype for --dtype: as given, else fp32 on CPU and fp16 elsewhere."""
-    from .config import DTYPES
+    from ..config import DTYPES
     return DTYPES[flag or ("fp32" if device == "cpu" else "fp16")]
 
 
 def _train_on(args, options, create, name, device: str, group) -> int:
-    from .hosts.diffusers import DiffusersHost, load_pipeline
-    from .train import Trainer
+    from ..hosts.diffusers import DiffusersHost
+    from ..train.trainer import Trainer
+    from .models import load_pipeline
     dtype = _model_dtype(args.dtype, device)
     pipe = load_pipeline(args.model, dtype=dtype, kind=args.model_kind or "auto",
                          prediction_type=args.prediction_type or "auto")
@@ -351,7 +352,7 @@ def _add_model_flags(p) -> None:
 
 def _cmd_demo(args) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # diffusers' import chatter is not for newcomers
-    from .demo import run
+    from ..tiny.demo import run
     demo = run(options_from_args(DemoOptions, args))
     print(f"hypernetwork: {demo.pt} and {demo.safetensors}")
     print(f"loss log:     {demo.loss_csv} (plot: {demo.loss_png})")
@@ -378,7 +379,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from . import compare
+    from ..train import compare
     copies = compare.saved_copies(args.sources)
     settings = compare.settings_of(copies)
     fixed = {"prompt": "\n".join(args.prompt)} if args.prompt else {}
@@ -386,10 +387,11 @@ def _cmd_compare(args) -> int:
     run = compare.run_dir_of(copies[0].path)
     out = Path(args.out) if args.out else (run or Path(".")) / "compare.png"
     _refuse_overwrite(out, None, args.overwrite)
-    from .hosts.diffusers import DiffusersHost, load_pipeline
+    from ..hosts.diffusers import DiffusersHost
+    from .models import load_pipeline, model_of
     device = _train_device(args.device)
     dtype = _model_dtype(args.dtype, device)
-    host = DiffusersHost(load_pipeline(args.model or compare.model_of(settings), dtype=dtype), device=device,
+    host = DiffusersHost(load_pipeline(args.model or model_of(settings), dtype=dtype), device=device,
                          dtype=dtype)
     result = compare.render(host, copies, options)
     compare.write_grid(result, out)
@@ -454,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "in the run folder (every run prints a one-line summary)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="frozen model weights' precision")
-    from .config import TrainOptions
+    from ..config import TrainOptions
     add_option_flags(p, TrainOptions)
     add_option_flags(p, CreateOptions)
     p.set_defaults(func=_cmd_train)
@@ -506,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .hosts.diffusers import quiet_imports
+    from ..hosts.diffusers import quiet_imports
     quiet_imports()
     try:
         return args.func(args)

@@ -4,7 +4,7 @@ The bundled "style" is a palette: every training image is recoloured by brightne
 figures are measured for every saved copy, on unseen prompts with fixed seeds, at strength 1.0 against the model
 without it:
 - the style shift: how much closer generated pixels come to the palette (mean distance to the nearest colour);
-- the content kept: how much of what the prompt asks for (the shape and where it is) tiny_scenes still reads back
+- the content kept: how much of what the prompt asks for (the shape and where it is) scenes.py still reads back
   from the image, relative to the model without the hypernetwork (1.0 = as often as without).
 A style that repaints everything but loses the shapes has over-trained; the best copy is the one with the largest
 shift that keeps at least CONTENT_GOAL of the content. With your own folder, the palette is the eight colours that
@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .compare import labelled_grid
-from .files import atomic_write
-from .plot import write_png
-from .tiny_scenes import rgb
+from ..train.compare import labelled_grid
+from ..attach import attach
+from ..fileformat.files import atomic_write, load
+from ..train.plot import write_png
+from .scenes import rgb
 
 if TYPE_CHECKING:
-    from .config import DemoOptions
+    from ..config import DemoOptions
 
 # Five of the tiny model's own colours, so its VAE can draw them; the style maps brightness onto them.
 PALETTE_NAME = "sunset"
@@ -72,7 +73,7 @@ def palette_distance(img: Image.Image, palette: np.ndarray = PALETTE) -> float:
 
 def dataset_palette(folder: Path, colours: int = 8) -> np.ndarray:
     """The `colours` most representative colours of a folder's images (median cut over all their pixels)."""
-    from .data import IMAGE_EXTENSIONS
+    from ..train.data import IMAGE_EXTENSIONS
     tiles = []
     for path in sorted(Path(folder).iterdir()):
         if path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -91,7 +92,7 @@ def dataset_palette(folder: Path, colours: int = 8) -> np.ndarray:
 
 def make_style_dataset(folder: Path, count: int = 48, seed: int = 0) -> Path:
     """Write `count` palette-styled tiny scenes with caption files; returns the folder."""
-    from .tiny_scenes import scene
+    from .scenes import scene
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     written = 0
@@ -108,7 +109,7 @@ def make_style_dataset(folder: Path, count: int = 48, seed: int = 0) -> Path:
 # ---------------------------------------------------------------------------------------------- the measure
 def measure_scenes(count: int, exclude: Sequence[str] = ()) -> list:
     """`count` one-shape scenes whose captions are distinct and not in `exclude` (the training captions)."""
-    from .tiny_scenes import random_scene
+    from .scenes import random_scene
     rng, scenes, seen = random.Random(MEASURE_SEED), [], set(exclude)
     while len(scenes) < count:
         scene = random_scene(rng)
@@ -119,8 +120,8 @@ def measure_scenes(count: int, exclude: Sequence[str] = ()) -> list:
 
 
 def content_read_back(images: Sequence[Image.Image], scenes: Sequence) -> float:
-    """The share of asked-for facts (each scene's shape kind and position) that tiny_scenes reads back."""
-    from .tiny_scenes import describe
+    """The share of asked-for facts (each scene's shape kind and position) that scenes.py reads back."""
+    from .scenes import describe
     hits = 0
     for img, scene in zip(images, scenes):
         seen, asked = describe(img), scene.shapes[0]
@@ -145,12 +146,11 @@ class Measured:
 
 def measure(pipe, scenes: Sequence, palette: np.ndarray, hn=None, strength: float = 1.0) -> Measured:
     """Palette distance and content read back over the scenes, with `hn` at `strength` (None: without)."""
-    import hypernet
     prompts = [s.caption() for s in scenes]
     if hn is None:
         images = generate_batch(pipe, prompts)
     else:
-        with hypernet.attach(pipe.unet, [(hn, strength)], warn=False):
+        with attach(pipe.unet, [(hn, strength)], warn=False):
             images = generate_batch(pipe, prompts)
     return Measured(float(np.mean([palette_distance(i, palette) for i in images])), content_read_back(images, scenes))
 
@@ -163,7 +163,7 @@ def trade_off(base: Measured, styled: Measured) -> dict:
 
 def best_step(steps: Sequence[dict]) -> int:
     """The copy with the largest shift among those keeping CONTENT_GOAL of the content, else the one keeping most."""
-    from .probe import suggest
+    from ..train.probe import suggest
     return steps[suggest(steps, CONTENT_GOAL, "content_kept", "shift")]["step"]
 
 
@@ -214,13 +214,12 @@ def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, cfg
 def compare(pipe, hn, prompts=HELD_OUT_PROMPTS, seeds=HELD_OUT_SEEDS, steps: int = 20, cfg: float = 5.0,
             strengths=(0.0, 0.5, 1.0), palette: np.ndarray = PALETTE) -> dict:
     """Images and mean palette distances for each strength (0.0 generated with no hooks at all)."""
-    import hypernet
     results = {}
     for strength in strengths:
         if strength == 0.0:
             images = generate(pipe, prompts, seeds, steps, cfg)
         else:
-            with hypernet.attach(pipe.unet, [(hn, strength)], warn=False):
+            with attach(pipe.unet, [(hn, strength)], warn=False):
                 images = generate(pipe, prompts, seeds, steps, cfg)
         results[strength] = (images, float(np.mean([palette_distance(i, palette) for i in images])))
     return results
@@ -229,8 +228,8 @@ def compare(pipe, hn, prompts=HELD_OUT_PROMPTS, seeds=HELD_OUT_SEEDS, steps: int
 def _train(host, o, data_dir: Path, name: str, out: Path, show_progress: bool, probes: Path):
     """Train with the recipe's settings, a copy saved o.copies times along the run, measuring prompt kept on the
     `probes` file's prompts."""
-    from .config import CreateOptions, TrainOptions
-    from .train import train
+    from ..config import CreateOptions, TrainOptions
+    from ..train.trainer import train
     recipe = RECIPES[o.recipe]
     options = TrainOptions(data=str(data_dir), width=64, height=64, steps=o.steps, batch_size=o.batch_size,
                            learning_rate=o.learning_rate or recipe["learning_rate"], template=recipe["template"],
@@ -245,10 +244,9 @@ def _train(host, o, data_dir: Path, name: str, out: Path, show_progress: bool, p
 
 def _measure_copies(pipe, result, scenes, palette) -> dict:
     """step -> Measured for each saved copy."""
-    import hypernet
     measured = {}
     for path in result.saved:
-        hn = hypernet.load(path)
+        hn = load(path)
         measured[hn.step] = measure(pipe, scenes, palette, hn)
     return measured
 
@@ -270,10 +268,9 @@ def _trainer_figures(result, step: int) -> dict:
 
 def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> DemoResult:
     """The whole demo: model, dataset, training, files, grid, and both figures for every saved copy."""
-    import hypernet
-    from .config import DTYPES, DemoOptions
-    from .hosts.diffusers import DiffusersHost
-    from .tiny import load_pipeline
+    from ..config import DTYPES, DemoOptions
+    from ..hosts.diffusers import DiffusersHost
+    from .model import load_pipeline
     o = options or DemoOptions()
     started = time.perf_counter()
     out = Path(o.out)
@@ -288,7 +285,7 @@ def run(options: Optional["DemoOptions"] = None, show_progress: bool = True) -> 
     probes = _write_probe_prompts(out, scenes[:o.probe_prompts])
     result = _train(host, o, data_dir, name, out, show_progress, probes)
     host.to(host.device, torch.float32)  # every measure samples the same float32 model
-    hn = hypernet.load(result.output)
+    hn = load(result.output)
     st_path = hn.save(out / f"{name}.safetensors", overwrite=True)
     base = measure(pipe, scenes, palette)
     copies = _measure_copies(pipe, result, scenes, palette)

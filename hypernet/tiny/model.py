@@ -4,7 +4,7 @@ They serve the tests (random weights, SD1 / SD2-v / SDXL shapes) and the built-i
 CLIPTokenizer over a byte-level vocabulary written by this module, so nothing is fetched from a hub.
 
 The built-in *trained* model ships in hypernet/assets/tiny-sd (see the README.md there): ``load_pipeline()`` builds it
-offline. ``python -m hypernet.tiny build`` retrains it (hypernet/tiny_build.py), ``python -m hypernet.tiny sample
+offline. ``python -m hypernet.tiny build`` retrains it (tiny/build.py), ``python -m hypernet.tiny sample
 "a red circle on the left, blue background" --out x.png`` draws with it.
 """
 from __future__ import annotations
@@ -14,10 +14,11 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
+from ..hosts.clip_tokenizer import bytes_to_unicode
 # Widths of the tiny models: what a hypernetwork for them needs.
 KINDS = {
     "sd1": {"cross": 32, "prediction": "epsilon"},
@@ -26,29 +27,16 @@ KINDS = {
 }
 BLOCKS = (32, 64)  # UNet block widths = self-attention widths
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "tiny-sd"  # the shipped trained model
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "tiny-sd"  # the shipped trained model
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-
-
-def _bytes_to_unicode() -> dict:
-    """GPT-2/CLIP's reversible byte -> printable-character map."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 @lru_cache(maxsize=1)
 def _tokenizer_files() -> str:
     """A folder with vocab.json / merges.txt for a character-level CLIP tokenizer (cached per process)."""
     folder = tempfile.mkdtemp(prefix="hypernet-tok-")
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
     for c in chars:
         vocab[c + "</w>"] = len(vocab)
@@ -60,6 +48,10 @@ def _tokenizer_files() -> str:
         fh.write("#version: 0.2\n")
     return folder
 
+
+def is_model_folder(path: Path) -> bool:
+    """A folder in the tiny model's layout (hypernet/assets/tiny-sd, or one `python -m hypernet.tiny build` wrote)."""
+    return (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
 
 def tokenizer(max_length: int = 77):
     """A CLIPTokenizer with a byte-level vocabulary (514 tokens), built offline."""
@@ -98,7 +90,7 @@ def write_word_tokenizer(folder, words) -> str:
     merges that assemble each listed word; the two special tokens come last, as in `tokenizer()`.
     """
     os.makedirs(folder, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
     for c in chars:
         vocab[c + "</w>"] = len(vocab)
@@ -219,12 +211,12 @@ def load_pipeline(folder=None, device="cpu", dtype: torch.dtype = torch.float32)
     model.safetensors (stored as float16, loaded as `dtype`). No network. 64x64 images, 8x8x4 latents, a DDIM
     scheduler, no safety checker, progress bar off.
     """
-    from .hosts.diffusers import quiet_imports
+    from ..hosts.diffusers import quiet_imports
     quiet_imports()
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from safetensors.torch import load_file
     from transformers import CLIPTextConfig, CLIPTextModel
-    from .errors import HypernetError
+    from ..errors import HypernetError
     folder = Path(folder) if folder else ASSETS
     weights, config_path = folder / WEIGHTS, folder / CONFIG
     if not weights.is_file() or not config_path.is_file():
@@ -250,51 +242,3 @@ def load_pipeline(folder=None, device="cpu", dtype: torch.dtype = torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
-
-def sample(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int = 20, cfg: float = 5.0):
-    """64x64 PIL images, one per (prompt, seed), deterministic; see tiny_build.generate."""
-    from .tiny_build import generate
-    return generate(pipe, list(prompts), list(seeds), steps, cfg)
-
-
-def main(argv=None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m hypernet.tiny", description="the built-in tiny SD model")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="train the tiny model from scratch on generated scenes (CPU, ~25 min)")
-    b.add_argument("--out", default=None, help=f"output folder (default: the shipped one, {ASSETS})")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's step count (0.01: a smoke test)")
-    b.add_argument("--minutes", type=float, default=None,
-                   help="wall-clock cap; stages stop early when it runs out (the result then depends on timing)")
-    b.add_argument("--no-samples", action="store_true", help="skip the accuracy check and samples.png")
-    s = sub.add_parser("sample", help="draw images with the tiny model")
-    s.add_argument("prompt", nargs="+")
-    s.add_argument("--out", default="tiny.png", help="PNG path (several prompts/images: one row each, side by side)")
-    s.add_argument("--model", default=None, help="model folder (default: the shipped one)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("-n", "--images", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
-    s.add_argument("--steps", type=int, default=20)
-    s.add_argument("--cfg", type=float, default=5.0)
-    s.add_argument("--scale", type=int, default=4, help="upscale factor of the saved PNG (nearest neighbour)")
-    args = ap.parse_args(argv)
-    if args.cmd == "build":
-        from .tiny_build import build
-        build(args.out, seed=args.seed, scale=args.scale, minutes=args.minutes, samples=not args.no_samples)
-        return 0
-    from PIL import Image
-    pipe = load_pipeline(args.model)
-    rows = [sample(pipe, [p] * args.images, [args.seed + i for i in range(args.images)], args.steps, args.cfg)
-            for p in args.prompt]
-    out = Image.new("RGB", (64 * args.images, 64 * len(rows)))
-    for r, row in enumerate(rows):
-        for c, img in enumerate(row):
-            out.paste(img, (64 * c, 64 * r))
-    out = out.resize((out.width * args.scale, out.height * args.scale), Image.NEAREST)
-    out.save(args.out)
-    print(args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

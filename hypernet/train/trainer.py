@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from . import distributed, probe, schedule, timing, validation
-from .attach import attach
-from .config import DTYPES, CreateOptions, TrainOptions
-from .errors import HypernetError
-from .files import atomic_write, load, save_optimizer
-from .network import Hypernetwork
+from ..attach import attach
+from ..config import DTYPES, CreateOptions, TrainOptions
+from ..errors import HypernetError
+from ..fileformat.files import atomic_write, load, save_optimizer
+from ..network import Hypernetwork
 
 log = logging.getLogger("hypernet")
 # The webui's columns first (its tools read them by position); the rest are ours, empty where not evaluated.
@@ -340,7 +340,7 @@ class Trainer:
             hn = load(hypernetwork, with_optimizer=True)
         else:
             config = create or CreateOptions(name=name or "hypernetwork", dims=self.host.model_dims())
-            from . import from_options
+            from ..network import from_options
             hn = from_options(config, seed=self.opts.seed if self.opts.seed >= 0 else None)
         if name:
             hn.name = name
@@ -723,7 +723,7 @@ class Trainer:
                 "start_step": self.start_step, "source": self.source_path, "output": str(self.output),
                 "model": self.host.identity(), "started": _dt.datetime.now().isoformat(timespec="seconds"),
                 "torch": torch.__version__}
-        from . import __version__
+        from ..version import __version__
         data["hypernet"] = __version__
         self._settings_file = self._settings_path()
         atomic_write(self._settings_file, json.dumps(data, indent=2, default=str).encode())
@@ -817,7 +817,7 @@ class Trainer:
         keep = self.opts.keep_last_copies
         if not keep:
             return
-        from .files import optim_path
+        from ..fileformat.files import optim_path
         final = os.path.abspath(self.output)
         while len(self._copies) > keep:
             old = self._copies.pop(0)

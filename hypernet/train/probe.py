@@ -77,7 +77,7 @@ def make_probe_draws(shape: Sequence[int], count: int, seed: int, low: int, high
     """`count` latents of `shape` noised from an empty (zero) latent at timesteps spread over the noisiest
     LAYOUT_SHARE of [low, high), as sampling starts from noise that no image has shaped yet; all randomness from
     `seed`."""
-    from .train import noisy_latents
+    from .trainer import noisy_latents
     from .validation import spread_timesteps
     gen = torch.Generator().manual_seed((seed ^ _SALT) & (2 ** 63 - 1))
     noise = torch.randn((count,) + tuple(shape), generator=gen)

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Iterable
 
-from .bounds import MAX_CONFIG_BYTES, check_structure, parse_json, short_error
-from .errors import HypernetError
+from ..bounds import MAX_CONFIG_BYTES, check_structure, parse_json, short_error
+from ..errors import HypernetError
 
 
 def _parse(path: Path) -> dict:
@@ -101,7 +101,7 @@ def _toml_value(value) -> str:
 
 def write_config(path, values: dict) -> str:
     """Write option name -> value as TOML (.toml) or JSON (anything else); read_config reads it back."""
-    from .files import atomic_write
+    from ..fileformat.files import atomic_write
     path = Path(str(path)).expanduser()
     values = {k: v for k, v in values.items() if v is not None}
     if path.suffix.lower() == ".toml":

@@ -26,9 +26,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .bounds import (MAX_DEPTH, MAX_HEADER_BYTES, MAX_INT_BITS, MAX_PICKLE_BYTES, MAX_PICKLE_OBJECTS,
-                     MAX_PICKLE_OPS, MAX_TENSORS, MAX_ZIP_ENTRIES, brief, number_text, parse_json, short_error)
-from .errors import FileFormatError, UnsafeFileError
+from ..bounds import (MAX_DEPTH, MAX_HEADER_BYTES, MAX_INT_BITS, MAX_PICKLE_BYTES, MAX_PICKLE_OBJECTS, MAX_PICKLE_OPS,
+                      MAX_TENSORS, MAX_ZIP_ENTRIES, brief, number_text, parse_json, short_error)
+from ..errors import FileFormatError, UnsafeFileError
 
 MAX_ELEMENTS = 1 << 48            # elements of one storage, and any size, stride or offset (256 TB of bytes)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C

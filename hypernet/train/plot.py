@@ -34,7 +34,7 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def write_png(path, image: Image.Image) -> None:
     """Write the image to `path` as a PNG, atomically (the old file or the whole new one, never half)."""
-    from .files import atomic_write
+    from ..fileformat.files import atomic_write
     atomic_write(path, png_bytes(image))
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from .bounds import MAX_SIZE, MAX_TEXT_BYTES, brief, read_text, whole_number
-from .errors import ConfigError
+from ..bounds import MAX_SIZE, MAX_TEXT_BYTES, brief, read_text, whole_number
+from ..errors import ConfigError
 
 FIELD = "preview_prompts_file"
 _OPTION = re.compile(r"\s--(ss|n|w|h|s|d|l)(?=\s|$)")
