@@ -222,14 +222,9 @@ class CreateOptions:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def field_info(cls) -> list:
-        """(name, default, metadata) for each option, in order; UIs, CLI and API build from this."""
-        out = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            out.append((f.name, default, dict(f.metadata)))
-        return out
+def field_default(f: dataclasses.Field):
+    """An option field's default value, from its default or its factory: what the UIs, the CLI and the API show."""
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def base_models(dims) -> list:
@@ -396,8 +391,7 @@ class TrainOptions:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            setattr(self, f.name, _coerce(f.name, value, type(default)))
+            setattr(self, f.name, _coerce(f.name, value, type(field_default(f))))
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f.name, f"unknown value {brief(value)}; accepted: {', '.join(choices)}")

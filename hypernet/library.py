@@ -244,10 +244,6 @@ class Library:
     def cached_paths(self) -> List[str]:
         return list(self._cache.keys())
 
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-
     # ------------------------------------------------------------------------------------------ hashes
     def sha256(self, name_or_entry: Union[str, Entry]) -> str:
         entry = name_or_entry if isinstance(name_or_entry, Entry) else self.resolve(name_or_entry)

@@ -86,6 +86,7 @@ def test_loss_falls_and_only_the_hypernetwork_changes(pipes, data_dir, tmp_path)
     after = eval_loss(host, hn, data_dir, tmp_path)
     assert after < before * 0.9, (before, after)  # measured: about 0.85 after 40 steps
     assert not same_state(start, state(hn))
+    assert len(frozen_before) == len(host.frozen_modules()) == 3  # the UNet, the VAE and the text encoder
     for module, saved in zip(host.frozen_modules(), frozen_before):
         assert same_state(saved, state(module))
         assert all(p.grad is None and not p.requires_grad for p in module.parameters())

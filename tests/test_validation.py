@@ -144,6 +144,7 @@ def test_draws_carry_alpha_weights_like_training_batches(host, data_dir, tmp_pat
     hn = hypernet.create(dims=host.model_dims(), name="alpha", seed=0)
     with pytest.warns(Warning, match="no image has transparency"):
         trainer = prepared(host, data_dir, tmp_path, hn, use_alpha_weight=True, validation_draws=2)
+    assert len(trainer.validation) == 2
     for d in trainer.validation:
         assert d.weight.shape == (1,) + tuple(d.latent.shape[-2:]) and torch.equal(d.weight, torch.ones_like(d.weight))
     plain = prepared(host, data_dir, tmp_path / "plain", hn, validation_draws=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..bounds import brief, check_path
-from ..config import CompareOptions, CreateOptions, DemoOptions
+from ..config import CompareOptions, CreateOptions, DemoOptions, field_default
 from ..errors import HypernetError
 
 
@@ -36,7 +36,7 @@ def add_option_flags(parser: argparse.ArgumentParser, cls, skip: Sequence[str] =
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = field_default(f)
         meta = f.metadata
         text = meta.get("help", "")
         choices = meta.get("choices")

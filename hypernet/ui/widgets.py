@@ -7,7 +7,7 @@ import html
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from ..config import COMMON_DIMS, CreateOptions, TrainOptions
+from ..config import COMMON_DIMS, CreateOptions, TrainOptions, field_default
 
 
 @dataclass
@@ -29,10 +29,6 @@ def field_label(f: dataclasses.Field) -> str:
     return f.metadata.get("label") or name_label(f.name)
 
 
-def default_of(f: dataclasses.Field):
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-
 def values_text(values) -> str:
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
@@ -42,7 +38,7 @@ def component(gr, f: dataclasses.Field, prefix: str, default=None, label: Option
 
     Every label is unique within the tab (`label` words a field of a second form): the webui and Forge keep each
     field's value in ui-config.json keyed by tab and label."""
-    value_ = default_of(f) if default is None else default
+    value_ = field_default(f) if default is None else default
     meta = f.metadata
     common = dict(label=label or field_label(f), info=meta.get("help", ""), elem_id=f"{prefix}_{f.name}")
     if f.name == "dims":
@@ -78,7 +74,7 @@ def cleaned(names: Sequence[str], values: Sequence) -> dict:
 
 
 INT_FIELDS = {f.name for cls in (CreateOptions, TrainOptions) for f in dataclasses.fields(cls)
-               if isinstance(default_of(f), int) and not isinstance(default_of(f), bool)}
+               if isinstance(field_default(f), int) and not isinstance(field_default(f), bool)}
 
 
 def message_html(text: str, error: bool = False) -> str:
