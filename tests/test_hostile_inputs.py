@@ -484,7 +484,7 @@ def test_training_starts_from_an_sd14_like_ckpt(tmp_path, fake_lightning):
 _MEASURE = """
 import json, os, resource, sys
 import hypernet
-from hypernet import files
+from hypernet.fileformat import files
 
 def peak(path):
     read, write = os.pipe()

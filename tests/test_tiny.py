@@ -15,6 +15,7 @@ from hypernet import HypernetError
 from hypernet.tiny import model as tiny
 from hypernet.tiny.build import evaluate, generate
 from hypernet.tiny.scenes import POSITIONS, PALETTE, WORDS, describe, prompt, random_scene, scene
+from hypernet.tiny.__main__ import main as tiny_main
 
 SEEDS = [101, 102, 103, 104]
 
@@ -187,7 +188,7 @@ def test_build_runs_end_to_end_and_loads(tmp_path, no_network):
 
 def test_sample_command_writes_a_png(tmp_path):
     out = tmp_path / "x.png"
-    assert tiny.main(["sample", "a red circle on the left", "a blue square", "-n", "2", "--steps", "4",
+    assert tiny_main(["sample", "a red circle on the left", "a blue square", "-n", "2", "--steps", "4",
                       "--out", str(out), "--scale", "1"]) == 0
     from PIL import Image
     assert Image.open(out).size == (128, 128)
