@@ -46,7 +46,7 @@ def interleaved(cases: dict, repeats: int) -> dict:
 
     The fastest run, not the median: on a shared machine a run is only ever slowed by others, never sped up."""
     times = {name: [] for name in cases}
-    for name, (setup, run, undo) in cases.items():  # warm-up
+    for setup, run, undo in cases.values():  # warm-up
         setup()
         run()
         undo()
@@ -87,12 +87,12 @@ def forward_section(latents, repeats: int) -> None:
         kwargs = attach_overhead.inputs(latent)
         holder = {}
 
-        def hooked(hn, cache):
+        def hooked(hn, cache, holder=holder, kwargs=kwargs):  # bound now: each latent size has its own
             def setup():
                 holder["h"] = hypernet.attach(unet, hn, warn=False, cache=cache)
             return setup, lambda: attach_overhead.forward(unet, kwargs), lambda: holder.pop("h").remove()
 
-        nothing = (lambda: None, lambda: attach_overhead.forward(unet, kwargs), lambda: None)
+        nothing = (lambda: None, lambda kwargs=kwargs: attach_overhead.forward(unet, kwargs), lambda: None)
         cases = {("base", "-"): nothing}
         for name, hn in files.items():
             for cache in (True, False):
@@ -116,7 +116,7 @@ def train_section(latents, repeats: int) -> None:
         unet, hn, inputs = train_step.build("sd15", "cpu", torch.float32, latent)
         holder = {}
 
-        def variant(name):
+        def variant(name, unet=unet, hn=hn, inputs=inputs, holder=holder):  # bound now, per latent size
             def setup():
                 holder["step"], holder["undo"] = train_step.prepare(unet, hn, inputs, name, "cpu", torch.float32)
             return setup, lambda: holder["step"](), lambda: holder.pop("undo")()

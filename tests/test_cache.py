@@ -184,7 +184,7 @@ def test_inference_tensors_are_shared_within_one_forward_only(sd1):
 
 def test_memory_stays_bounded_and_entries_die_with_their_context(sd1):
     unet, hn, inputs, handle = sd1
-    for i in range(CACHE_ENTRIES + 3):
+    for _ in range(CACHE_ENTRIES + 3):
         _run(unet, dict(inputs, encoder_hidden_states=torch.randn_like(inputs["encoder_hidden_states"])))
         assert len(handle.cache) <= CACHE_ENTRIES
     gc.collect()

@@ -237,7 +237,7 @@ def test_wrong_json_types_in_a_safetensors_header_name_the_tensor(tmp_path, entr
 def test_wrong_metadata_types_are_refused(tmp_path, meta):
     path = _write(tmp_path, "meta.safetensors", c.safetensors(
         {"__metadata__": meta, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4))
-    for name, read in _readers(path, layout=True):
+    for _, read in _readers(path, layout=True):
         with pytest.raises(FileFormatError):
             read()
 

@@ -2,7 +2,6 @@
 import contextlib
 import os
 import threading
-import time
 
 import pytest
 
@@ -198,7 +197,7 @@ def test_cache_is_bounded_lru(tmp_path):
 
 
 def test_library_never_loads_optim_for_inference(tmp_path):
-    path = _make(tmp_path, "o.pt")
+    _make(tmp_path, "o.pt")
     (tmp_path / "o.pt.optim").write_bytes(b"garbage that would fail to load")
     hn = Library(tmp_path).load("o")
     assert hn.optimizer_state_dict is None

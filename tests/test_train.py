@@ -1,5 +1,4 @@
 """The training loop on tiny real pipelines (diffusers SD1 / SD2-v / SDXL) and on the ldm UNet via the webui host."""
-import copy
 import csv
 import json
 import os

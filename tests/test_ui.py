@@ -367,7 +367,7 @@ def test_one_bad_file_never_takes_the_listing_with_it(studio, tmp_path):
 
 def test_a_prompt_of_many_unknown_tags_scans_the_folder_once(studio, monkeypatch):
     from hypernet.library import Library
-    studio.state.library  # built (and scanned) before counting
+    _ = studio.state.library  # built (and scanned) before counting
     scans = []
     real = Library.refresh
     monkeypatch.setattr(Library, "refresh", lambda self: scans.append(1) or real(self))

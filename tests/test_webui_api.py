@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 import hypernet
 from webui_stub.harness import stub_modules

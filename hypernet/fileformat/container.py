@@ -582,7 +582,7 @@ def _zip_members(path, fh, size: int) -> Dict[str, Tuple[zipfile.ZipInfo, int]]:
         members[info.filename] = (info, start)
         spans.append((start, start + info.file_size, info.filename))
     spans.sort()
-    for (a0, a1, a), (b0, b1, b) in zip(spans, spans[1:]):
+    for (_, a1, a), (b0, _, b) in zip(spans, spans[1:]):
         if b0 < a1:
             raise FileFormatError(path, f"zip members {a!r} and {b!r} share bytes; the file is crafted or corrupt")
     return members

@@ -28,10 +28,11 @@ class BlockCheckpointing:
 
     def enable(self) -> None:
         from torch.utils.checkpoint import checkpoint
+        def checkpointed(inner):
+            return lambda *args, **kwargs: checkpoint(inner, *args, use_reentrant=False, **kwargs)
+
         for block in self.blocks:
-            inner = _on_a_copy(block._forward) if self.copy_input else block._forward
-            block.forward = (lambda inner: lambda *args, **kwargs: checkpoint(
-                inner, *args, use_reentrant=False, **kwargs))(inner)
+            block.forward = checkpointed(_on_a_copy(block._forward) if self.copy_input else block._forward)
 
     def disable(self) -> None:
         for block in self.blocks:

@@ -110,7 +110,7 @@ def wire(gr, panel: Panel, c: Dict[str, object]) -> None:
     """Connect the panel's buttons; Compare runs in the queue (it generates), the rest skip it."""
     c["refresh"].click(lambda: gr.update(choices=run_choices(panel), value=current_run(panel)), inputs=[],
                        outputs=[c["run"]], queue=False)
-    def on_compare(progress=gr.Progress(), *values):  # gradio finds Progress by a leading parameter's default
+    def on_compare(progress=gr.Progress(), *values):  # noqa: B008  gradio finds Progress by a parameter's default
         return compare_click(panel, gr, *values, progress=progress)
 
     # The click clears old stops at once, outside the queue: a Stop pressed while the comparison still waits for

@@ -157,7 +157,7 @@ def follow(job, poll_seconds: float = 1.0):
     """Yield progress_outputs on every change of the job until it finishes (a gradio generator handler)."""
     last = None
     while True:
-        job.wait_for(lambda st: st != last, timeout=poll_seconds)
+        job.wait_for(lambda st, last=last: st != last, timeout=poll_seconds)
         status = job.snapshot()
         if status != last:
             last = status

@@ -69,7 +69,7 @@ def _seen(p):
         seen = getattr(p, "_hypernet_warned", None)
         if seen is None:
             seen = set()
-            setattr(p, "_hypernet_warned", seen)
+            p._hypernet_warned = seen
         return seen
     except Exception:
         return None
