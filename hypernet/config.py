@@ -224,7 +224,7 @@ class CreateOptions:
 
 def field_default(f: dataclasses.Field):
     """An option field's default value, from its default or its factory: what the UIs, the CLI and the API show."""
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # a field without a default has a factory
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
 
 
 def base_models(dims) -> list:
