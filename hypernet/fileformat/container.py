@@ -546,7 +546,7 @@ def _check_directory(path, fh) -> None:
     """Refuse a zip whose central directory lists more members than a torch file has, before zipfile reads it
     (zipfile builds an object per entry)."""
     try:
-        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]  # private: the end record (zip64 included), a few hundred bytes
+        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]  # private; the end record (zip64 too)
     except (OSError, ValueError, EOFError, struct.error):
         end = None
     if not end:
