@@ -214,7 +214,7 @@ class CreateOptions:
 
     @property
     def use_dropout(self) -> bool:
-        return any(p > 0 for p in self.dropout_structure)
+        return any(p > 0 for p in self.dropout_structure or ())
 
     def replace(self, **changes) -> "CreateOptions":
         return dataclasses.replace(self, **changes)
@@ -224,7 +224,7 @@ class CreateOptions:
 
 def field_default(f: dataclasses.Field):
     """An option field's default value, from its default or its factory: what the UIs, the CLI and the API show."""
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
 
 
 def base_models(dims) -> list:

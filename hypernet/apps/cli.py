@@ -90,7 +90,7 @@ def _cmd_create(args) -> int:
     return 0
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
@@ -308,6 +308,7 @@ def _train_on(args, options, create, name, device: str, group) -> int:
         share = result.validation_seconds / max(result.seconds, 1e-9)
         print(f"validation loss: {curve} (scoring took {share:.1%} of the run)")
     _print_probes(result, options.prompt_kept_goal)
+    assert result.timing is not None  # set by every run that returns
     print(result.timing.line())
     if args.profile:
         print(result.timing.table())

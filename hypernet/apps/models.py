@@ -29,7 +29,8 @@ def load_pipeline(path: Optional[str] = None, *, dtype=torch.float32, kind: str 
 def model_of(settings: dict) -> str:
     """The model a run's settings.json names, found again: the built-in tiny model recorded from another checkout
     is the shipped one here."""
-    model = settings.get("model") if isinstance(settings.get("model"), dict) else {}
+    model = settings.get("model")
+    model = model if isinstance(model, dict) else {}
     path = model.get("path") or ""
     if not Path(path).exists() and model.get("name") == tiny.ASSETS.name:
         return str(tiny.ASSETS)

@@ -22,7 +22,7 @@ import stat
 import struct
 import zipfile
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Tuple, cast
 
 import torch
 
@@ -114,7 +114,7 @@ def contiguous_strides(shape) -> Tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------------------------- opening
-def open_regular(path) -> Tuple[object, int]:
+def open_regular(path) -> Tuple[io.BufferedReader, int]:
     """(binary file object, size) for a regular file; never blocks on a pipe, refuses folders and devices."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
@@ -272,7 +272,7 @@ _OUR_GLOBALS: Dict[Tuple[str, str], object] = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     **{("torch", name): _StorageKind(dtype) for name, dtype in _STORAGE_DTYPES.items()},
     **{("torch", name): dtype for name, dtype in _TORCH_DTYPES.items()},
-    **{tuple(name.rsplit(".", 1)): Inert(name) for name in _INERT},
+    **{cast(Tuple[str, str], tuple(name.rsplit(".", 1))): Inert(name) for name in _INERT},
 }
 _REFUSED_OPCODES = {"INST": pickle.INST, "OBJ": pickle.OBJ, "NEWOBJ": pickle.NEWOBJ, "NEWOBJ_EX": pickle.NEWOBJ_EX,
                     "EXT1": pickle.EXT1, "EXT2": pickle.EXT2, "EXT4": pickle.EXT4}
@@ -312,7 +312,7 @@ def _narrow(code: bytes) -> Callable:
 class _Unpickler(pickle._Unpickler):  # the Python implementation: its opcode table can be narrowed
     """Unpickles plain containers and tensor descriptions within a Budget; anything else raises _Refused."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch: ClassVar[Dict[int, Callable[..., Any]]] = dict(pickle._Unpickler.dispatch)  # our loads take _Unpickler
     for _name, _code in _REFUSED_OPCODES.items():
         dispatch[_code[0]] = _refuse_opcode(_name)
     for _code in _BUILDING:
@@ -546,12 +546,12 @@ def _check_directory(path, fh) -> None:
     """Refuse a zip whose central directory lists more members than a torch file has, before zipfile reads it
     (zipfile builds an object per entry)."""
     try:
-        end = zipfile._EndRecData(fh)  # the end record (zip64 included), a few hundred bytes
+        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]  # private; the end record (zip64 too)
     except (OSError, ValueError, EOFError, struct.error):
         end = None
     if not end:
         raise FileFormatError(path, "not a readable PyTorch file, truncated or corrupt (no zip directory)")
-    entries, directory = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    entries, directory = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
     if entries > MAX_ZIP_ENTRIES or directory > MAX_ZIP_ENTRIES * _ZIP_ENTRY_BYTES:
         raise FileFormatError(path, f"its zip directory ({number_text(directory)} bytes, {number_text(entries)} "
                                     f"members) is larger than that of a torch file with the most members allowed "

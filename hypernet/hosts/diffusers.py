@@ -5,11 +5,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..errors import HypernetError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .protocol import Conditioning, Identity
 
 
 class _DropTorchvisionNotice:
@@ -142,7 +147,7 @@ class DiffusersHost:
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 0.18215))
         self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
 
-    def use_vae(self, vae):
+    def use_vae(self, vae) -> torch.nn.Module:
         """Encode, decode and sample with another AutoencoderKL (a module, or a path hosts/vae.py reads); returns
         the one it replaces, so the caller can put it back."""
         if not isinstance(vae, torch.nn.Module):
@@ -204,17 +209,17 @@ class DiffusersHost:
                 module.to(self.device, wanted)
         return self
 
-    def frozen_modules(self):
+    def frozen_modules(self) -> List[torch.nn.Module]:
         return [self.unet, self.vae, *self.text_encoders]
 
-    def model_dims(self) -> list:
+    def model_dims(self) -> List[int]:
         """The context widths this model's attention reads (cross first, then self)."""
         from ..attach import find_attention
         sites = find_attention(self.unet)
         cross = sorted({s.width for s in sites if s.cross})
         return cross + sorted({s.width for s in sites if not s.cross} - set(cross))
 
-    def identity(self) -> dict:
+    def identity(self) -> Identity:
         cfg = self.unet.config
         kind = "sdxl" if self.is_sdxl else ("sd2" if cfg.cross_attention_dim == 1024 else "sd1")
         name = getattr(self.pipe, "name_or_path", None) or getattr(self.pipe.config, "_name_or_path", "") or ""
@@ -231,7 +236,7 @@ class DiffusersHost:
 
     # ------------------------------------------------------------------------------------------ trainer API
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor):
+    def encode_images(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of the scaled latent Gaussian for pixels in [-1, 1]."""
         self._check_kept("vae")
         vae_dtype = next(self.vae.parameters()).dtype
@@ -250,7 +255,7 @@ class DiffusersHost:
         return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids.to(self.device)
 
-    def release(self, vae: bool, text: bool):
+    def release(self, vae: bool, text: bool) -> Callable[[], None]:
         """Free the VAE and/or text encoders while training does not need them: off the GPU to the CPU, or on a CPU,
         from a disposable pipeline, dropped. Returns what brings them back (dropped parts stay dropped)."""
         chosen = {name: modules for name, modules, wanted in (("vae", [self.vae], vae),
@@ -282,7 +287,7 @@ class DiffusersHost:
                                 "to use it")
 
     @torch.no_grad()
-    def encode_prompts(self, texts):
+    def encode_prompts(self, texts: Sequence[str]) -> Conditioning:
         """Text conditioning: a [B, 77, D] tensor (SD1/2) or a dict with pooled embeddings (SDXL)."""
         self._check_kept("text encoder")
         if not self.is_sdxl:
@@ -297,6 +302,7 @@ class DiffusersHost:
             out = te(self._tokens(tok, texts), output_hidden_states=True)
             hidden.append(out.hidden_states[-max(2, self._clip_skip)])
             pooled = out[0] if out[0].dim() == 2 else pooled
+        assert pooled is not None, "SDXL's second text encoder gives pooled embeddings"
         return {"context": torch.cat(hidden, dim=-1).to(self.dtype), "pooled": pooled.to(self.dtype)}
 
     def _sdxl_time_ids(self, latents: torch.Tensor) -> torch.Tensor:
@@ -310,7 +316,7 @@ class DiffusersHost:
             cache[key] = ids.unsqueeze(0).repeat(latents.shape[0], 1)
         return cache[key]
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         x_t = x_t.to(self.device, self.dtype)
         if not self.is_sdxl:
             return self.unet(x_t, t, encoder_hidden_states=cond).sample
@@ -325,7 +331,7 @@ class DiffusersHost:
 
     @torch.no_grad()
     def sample(self, prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0,
-               seed: int = 0, width: int = 512, height: int = 512, sampler_name: Optional[str] = None):
+               seed: int = 0, width: int = 512, height: int = 512, sampler_name: Optional[str] = None) -> Image.Image:
         """One preview image as PIL (`sampler_name` is a webui notion; the pipeline's scheduler is used)."""
         self._check_kept("text encoder")
         self._check_kept("vae")

@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ..fileformat.container import Reader, TensorRef, read as read_container
+from ..fileformat.container import Container, Reader, TensorRef, read as read_container
 from ..errors import HypernetError, UnsafeFileError
 from .clip_tokenizer import clip_tokenizer
 
@@ -50,7 +50,7 @@ class Checkpoint:
     """A single-file checkpoint parsed but not read: tensor descriptions by key, and the container to read from."""
 
     path: str
-    container: object
+    container: Container
     refs: Dict[str, TensorRef]
 
     @property
@@ -189,12 +189,12 @@ def unet_config(shapes, kind: str, base: dict, path="", pooled: int = 0) -> dict
     if len(per_level) != 1 or any(len(d) != 1 for d in depths):
         raise HypernetError(f"--model {path}: its UNet's levels differ in block count or depth; not an SD layout")
     channels = [level[0][0] for level in levels]
-    depth = [d.pop() for d in depths]
+    level_depth = [d.pop() for d in depths]
     attention = [k for k in shapes if k.startswith(UNET) and k.endswith("attn2.to_k.weight")]
     proj_in = [k for k in shapes if k.startswith(UNET) and k.endswith(".proj_in.weight")]
     if not attention or not proj_in:
         raise HypernetError(f"--model {path}: its UNet has no cross-attention; not a text-to-image SD model")
-    layers = [d or 1 for d in depth]   # diffusers counts 1 where a level has no attention
+    layers = [d or 1 for d in level_depth]   # diffusers counts 1 where a level has no attention
     mid_depth = len(_indices(shapes, UNET + "middle_block.1.transformer_blocks."))
     if mid_depth != layers[-1]:         # diffusers' middle block takes the last level's depth
         raise HypernetError(f"--model {path}: its middle block has {mid_depth} transformer layers, its last level "
@@ -203,8 +203,8 @@ def unet_config(shapes, kind: str, base: dict, path="", pooled: int = 0) -> dict
     cfg.update(
         in_channels=shapes[UNET + "input_blocks.0.0.weight"][1], out_channels=shapes[UNET + "out.2.weight"][0],
         block_out_channels=channels, layers_per_block=per_level.pop(),
-        down_block_types=["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depth],
-        up_block_types=["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(depth)],
+        down_block_types=["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in level_depth],
+        up_block_types=["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(level_depth)],
         cross_attention_dim=shapes[attention[0]][1], use_linear_projection=len(shapes[proj_in[0]]) == 2,
         attention_head_dim=_heads(kind, channels, base, path),
         transformer_layers_per_block=layers if len(set(layers)) > 1 else layers[0])

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..attach import find_attention
 from ..errors import HypernetError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .protocol import Conditioning, Identity
 
 
 class BlockCheckpointing:
@@ -79,7 +84,7 @@ class WebuiHost:
     def _default_device(self, first: torch.Tensor) -> torch.device:
         return _webui("device") or first.device
 
-    def frozen_modules(self):
+    def frozen_modules(self) -> List[torch.nn.Module]:
         return [self.sd_model]
 
     def _vae_placed(self):
@@ -99,12 +104,12 @@ class WebuiHost:
             raise HypernetError("training needs the whole UNet on the GPU, and --lowvram keeps one block there at a "
                                 "time; restart the webui with --medvram instead (tags still apply with --lowvram)")
 
-    def model_dims(self) -> list:
+    def model_dims(self) -> List[int]:
         sites = find_attention(self.unet)
         cross = sorted({s.width for s in sites if s.cross})
         return cross + sorted({s.width for s in sites if not s.cross} - set(cross))
 
-    def identity(self) -> dict:
+    def identity(self) -> Identity:
         info = getattr(self.sd_model, "sd_checkpoint_info", None)
         kind = "sdxl" if self.is_sdxl else ("sd2" if 1024 in self.model_dims() else "sd1")
         return {"host": "webui", "kind": kind, "name": getattr(info, "model_name", None) or kind,
@@ -124,7 +129,7 @@ class WebuiHost:
         return self._fingerprint(self.vae)[:16]
 
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor):
+    def encode_images(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of the latent Gaussian, shifted then scaled; the same encoder + quant_conv path in ldm, sgm
         and Forge (whose VAE adds the shift)."""
         with self._vae_placed():
@@ -167,7 +172,7 @@ class WebuiHost:
             shared.opts.emphasis = before
 
     @torch.no_grad()
-    def encode_prompts(self, texts):
+    def encode_prompts(self, texts: Sequence[str]) -> Conditioning:
         # Forge encodes under torch.inference_mode; clones are ordinary tensors autograd may save.
         with self._clip_setting(), self.precision():
             cond = self.sd_model.get_learned_conditioning(list(texts))
@@ -179,7 +184,7 @@ class WebuiHost:
             return {k: v.clone().to(self.device) for k, v in cond.items()}
         return cond.clone().to(self.device)
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         # The webui's apply_model casts x, t and a dict's tensors to the UNet's dtype, but not a plain tensor (SD1/2
         # conditioning, float32 after the emphasis multipliers): cast everything here, as its sampler's inputs are.
         with self.precision():
@@ -193,7 +198,7 @@ class WebuiHost:
         self._checkpointing.disable()
 
     def sample(self, prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0,
-               seed: int = 0, width: int = 512, height: int = 512, sampler_name: Optional[str] = None):
+               seed: int = 0, width: int = 512, height: int = 512, sampler_name: Optional[str] = None) -> Image.Image:
         """A preview through the webui's own txt2img (extra networks off; the trainer's hooks stay on)."""
         with self._clip_setting():
             return self._sample(prompt, negative_prompt, steps, cfg_scale, seed, width, height, sampler_name)
@@ -343,12 +348,12 @@ class ForgeHost(WebuiHost):
             return
         memory_management.load_model_gpu(patcher)
 
-    def frozen_modules(self):
+    def frozen_modules(self) -> List[torch.nn.Module]:
         objects = self.sd_model.forge_objects
         clip = getattr(getattr(objects, "clip", None), "cond_stage_model", None)
         return [m for m in (self.kmodel, self.vae, clip) if isinstance(m, torch.nn.Module)]
 
-    def identity(self) -> dict:
+    def identity(self) -> Identity:
         return {**super().identity(), "host": "forge"}
 
     def _default_device(self, first: torch.Tensor) -> torch.device:
@@ -363,7 +368,7 @@ class ForgeHost(WebuiHost):
         """Forge's memory manager decides where its VAE lives; the encoder runs there."""
         return contextlib.nullcontext()
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         context, extra = (cond["crossattn"], {"y": cond["vector"].to(self.dtype)}) if isinstance(cond, dict) \
             else (cond, {})
         if not self._copy_hooks:

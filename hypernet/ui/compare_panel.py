@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import html
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..config import CompareOptions
 from . import actions
@@ -70,9 +70,9 @@ def keep_click(panel: Panel, copy, name, overwrite) -> str:
         return error_html(exc)
 
 
-def build(gr, panel: Panel) -> Dict[str, object]:
+def build(gr, panel: Panel) -> Dict[str, Any]:
     """The panel's components (inside the caller's column), closed until opened."""
-    c: Dict[str, object] = {}
+    c: Dict[str, Any] = {}  # gradio components
     with gr.Accordion("Compare saved copies", open=False, elem_id="hypernet_compare"):
         with gr.Row(elem_classes=["hypernet-pick"]):
             c["run"] = gr.Dropdown(choices=run_choices(panel), value=current_run(panel), label="Run", scale=4,
@@ -106,7 +106,7 @@ def _input(gr, f):
     return component(gr, f, "hypernet_compare", label=f"Grid {name_label(f.name).lower()}")
 
 
-def wire(gr, panel: Panel, c: Dict[str, object]) -> None:
+def wire(gr, panel: Panel, c: Dict[str, Any]) -> None:
     """Connect the panel's buttons; Compare runs in the queue (it generates), the rest skip it."""
     c["refresh"].click(lambda: gr.update(choices=run_choices(panel), value=current_run(panel)), inputs=[],
                        outputs=[c["run"]], queue=False)

@@ -15,7 +15,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..attach import Attachment, Compatibility, attach, compatibility, find_attention
 from ..errors import HypernetError, NotFoundError
@@ -56,8 +56,8 @@ class LibraryState:
         self.attachment: Optional[Attachment] = None
         self.applied: List[Applied] = []
         self.warnings: List[str] = []
-        self._attach_key = None
-        self._facts: Dict[str, Tuple[Tuple[int, int], object]] = {}  # path -> (stamp, facts or error)
+        self._attach_key: Optional[tuple] = None
+        self._facts: Dict[str, Tuple[Tuple[int, int], Any]] = {}  # path -> (stamp, facts or error)
         self._hashes: Dict[str, Tuple[Tuple[int, int], str]] = {}
         self._sites: Optional[Tuple[weakref.ref, list]] = None
         self.jobs: Dict[str, object] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..config import CreateOptions, TrainOptions
 from . import actions
@@ -204,7 +204,7 @@ def build_train_tab(gr, panel: Panel):
     (elem_id hypernet_train_side, kept in view while the form scrolls; the webui's page script moves it into the
     webui's own right column): the buttons, the status, the live loss plot, the previews and the comparison of
     saved copies."""
-    c: Dict[str, object] = {}
+    c: Dict[str, Any] = {}  # gradio components
     defaults = {"log_dir": panel.log_dir or actions.default_log_dir(panel.state)}
     option_comps: Dict[str, object] = {}
 

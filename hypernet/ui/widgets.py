@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import html
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from ..config import COMMON_DIMS, CreateOptions, TrainOptions, field_default
 
@@ -14,7 +14,7 @@ from ..config import COMMON_DIMS, CreateOptions, TrainOptions, field_default
 class Panel:
     """What the tabs act on: the state (library folder, jobs), where jobs run, and optional txt2img inputs."""
 
-    state: object
+    state: Any
     runtime: object                                # where jobs run: LocalRuntime, or the webui's WebuiRuntime
     txt2img_preview: Optional[Sequence] = None     # gradio components, in TXT2IMG_PREVIEW_FIELDS order
     log_dir: Optional[str] = None                  # the Log dir box's value (None: the setting / webui default)

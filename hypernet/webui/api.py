@@ -83,7 +83,7 @@ def _dataclass_fields(cls, *, optional: bool = False) -> dict:
         elif f.default is not dataclasses.MISSING:
             out[f.name] = (Any, Field(f.default, description=text))
         else:  # a plain default shows in the API docs; unset fields are never passed on (exclude_unset)
-            out[f.name] = (Any, Field(f.default_factory(), description=text))
+            out[f.name] = (Any, Field(f.default_factory(), description=text))  # type: ignore[operator,assignment]
     return out
 
 
