@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -112,7 +113,17 @@ class Compatibility:
                 "applies": self.applies, "fits": self.fits, "warning": self.warning}
 
 
-def compatibility(hn: Hypernetwork, model: nn.Module, sites: Optional[Sequence[AttentionSite]] = None) -> Compatibility:
+class Named(Protocol):
+    """What compatibility reads of a hypernetwork: its name and widths, so a file's facts serve as well."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dims(self) -> List[int]: ...
+
+
+def compatibility(hn: Named, model: nn.Module, sites: Optional[Sequence[AttentionSite]] = None) -> Compatibility:
     """Report which of hn's widths the model uses, for self- and cross-attention."""
     sites = find_attention(model) if sites is None else sites
     self_dims = sorted({s.width for s in sites if not s.cross})
@@ -203,7 +214,7 @@ class ChainCache:
             one_forward: bool, keep: tuple) -> None:
         self.misses += 1
         owner = weakref.ref(self)
-        ref = weakref.ref(ctx, lambda dead, key=key: _forget(owner, key, dead))
+        ref = weakref.ref(ctx, functools.partial(_forget, owner, key))
         self._entries[key] = _Entry(ref, state, result, _version(result), site if one_forward else None, keep)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
@@ -213,7 +224,9 @@ class ChainCache:
 def _forget(owner: "weakref.ref", key: tuple, dead: "weakref.ref") -> None:
     """Drop the entry of a context that no longer exists (unless a newer entry took its key)."""
     cache = owner()
-    entry = cache._entries.get(key) if cache is not None else None
+    if cache is None:
+        return
+    entry = cache._entries.get(key)
     if entry is not None and entry.ref is dead:
         cache._entries.pop(key, None)
 
@@ -277,7 +290,7 @@ class Attachment:
             if not args or not isinstance(args[0], torch.Tensor) or not self._stack:
                 return None
             if cross and self.cache is not None:
-                return (self._shared_chain(args[0], which, site),) + tuple(args[1:])
+                return (self._shared_chain(self.cache, args[0], which, site),) + tuple(args[1:])
             return (apply_chain(self._stack, args[0], which, cross),) + tuple(args[1:])
         return hook
 
@@ -297,14 +310,14 @@ class Attachment:
                 tuple((id(m), m.training) for m in modules),
                 tuple((id(p), _version(p), p.data_ptr(), p.dtype, p.requires_grad) for p in params))
 
-    def _shared_chain(self, ctx: torch.Tensor, which: int, site: int) -> torch.Tensor:
+    def _shared_chain(self, cache: "ChainCache", ctx: torch.Tensor, which: int, site: int) -> torch.Tensor:
         """apply_chain for a cross-attention context, computed once per context and shared across layers."""
         modules = self._chain_modules(ctx.shape[-1], which)
         if not modules or any(_draws_dropout(m) for m in modules):
             return apply_chain(self._stack, ctx, which, True)  # nothing to share, or each layer draws its own
         params = [p for m in modules for p in m.parameters()]
         key = (id(ctx), which)
-        found, store = self.cache.get(key, ctx, self._state(ctx, modules, params), site)
+        found, store = cache.get(key, ctx, self._state(ctx, modules, params), site)
         if found is not None:
             return found
         result = apply_chain(self._stack, ctx, which, True)
@@ -312,7 +325,7 @@ class Attachment:
             return result
         params = [p for m in modules for p in m.parameters()]  # the chain may have moved them to ctx's device
         one_forward = result.requires_grad or ctx.is_inference() or any(p.is_inference() for p in params)
-        self.cache.put(key, ctx, self._state(ctx, modules, params), result, site, one_forward,
+        cache.put(key, ctx, self._state(ctx, modules, params), result, site, one_forward,
                        (tuple(modules), tuple(params)))
         return result
 

@@ -1,7 +1,7 @@
 """The hypernetwork itself: per-width residual MLPs with the webui's exact layout and math."""
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -35,6 +35,7 @@ class HypernetworkModule(nn.Module):
             raise ConfigError("layer_structure", f"width {dim} times {config.layer_structure} gives a layer of "
                                                  f"{min(widths)} units; use larger multipliers")
         layers: list = []
+        dropout = config.dropout_structure or ()  # filled by CreateOptions.__post_init__, never None here
         last = len(widths) - 2
         for i in range(len(widths) - 1):
             layers.append(nn.Linear(widths[i], widths[i + 1], device=device) if init
@@ -43,8 +44,8 @@ class HypernetworkModule(nn.Module):
                 layers.append(ACTIVATIONS[config.activation]())
             if config.layer_norm:
                 layers.append(nn.LayerNorm(widths[i + 1], device=device))
-            if config.dropout_structure[i + 1] > 0:
-                layers.append(nn.Dropout(p=config.dropout_structure[i + 1]))
+            if dropout[i + 1] > 0:
+                layers.append(nn.Dropout(p=dropout[i + 1]))
         self.linear = nn.Sequential(*layers)
         if init:
             self._init_weights(config)
@@ -112,7 +113,7 @@ class Hypernetwork(nn.Module):
         self.config = self.config.replace(name=value)
 
     @property
-    def dims(self) -> list:
+    def dims(self) -> List[int]:
         return sorted(int(d) for d in self.layers.keys())
 
     def modules_for(self, dim: int):
@@ -183,14 +184,18 @@ def transform(stack, context: torch.Tensor):
     return apply_chain(stack, context, 0), apply_chain(stack, context, 1)
 
 
-def create(dims=(768, 320, 640, 1280), layer_structure=(1, 2, 1), activation="relu", weight_init="Normal",
-           layer_norm=False, dropout_structure=None, activate_output=False, name="hypernetwork", *,
-           seed: Optional[int] = None) -> Hypernetwork:
+def create(dims: Sequence[int] = (768, 320, 640, 1280), layer_structure: Sequence[float] = (1, 2, 1),
+           activation: str = "relu", weight_init: str = "Normal", layer_norm: bool = False,
+           dropout_structure: Optional[Sequence[float]] = None, activate_output: bool = False,
+           name: str = "hypernetwork", *, seed: Optional[int] = None) -> Hypernetwork:
     """A new hypernetwork initialised as the webui would; `seed` makes the initial weights reproducible."""
-    config = CreateOptions(name=name, dims=list(dims) if not isinstance(dims, (str, int)) else dims,
-                           layer_structure=layer_structure if isinstance(layer_structure, str) else list(layer_structure),
-                           activation=activation, weight_init=weight_init, layer_norm=layer_norm,
-                           dropout_structure=dropout_structure, activate_output=activate_output)
+    # CreateOptions also parses the strings and single numbers the UIs pass
+    shape: Dict[str, Any] = dict(
+        dims=dims if isinstance(dims, (str, int)) else list(dims),
+        layer_structure=layer_structure if isinstance(layer_structure, str) else list(layer_structure),
+        dropout_structure=dropout_structure)
+    config = CreateOptions(name=name, activation=activation, weight_init=weight_init, layer_norm=layer_norm,
+                           activate_output=activate_output, **shape)
     return from_options(config, seed=seed)
 
 

@@ -115,7 +115,7 @@ def describe(path) -> dict:
         "activate_output": c.activate_output, "sd_checkpoint": hn.sd_checkpoint,
         "sd_checkpoint_name": hn.sd_checkpoint_name, "base_model_by_width": base_models(hn.dims) or None,
         "optional_info": hn.optional_info,
-        "readers": hn.readers, "same_math": summary(hn.readers),
+        "readers": hn.readers, "same_math": summary(hn.readers or {}),
     }
     if info["format"] == "pt":
         info["webui_loadable"] = webui_check(path) is None

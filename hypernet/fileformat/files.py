@@ -16,7 +16,7 @@ import struct
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, Hashable, Optional, TypeVar
 
 import numpy
 import torch
@@ -130,7 +130,7 @@ def _cpu_state(module, dtype: torch.dtype = torch.float32) -> "collections.Order
 def metadata_dict(hn: Hypernetwork) -> dict:
     """The 13 string keys of the webui's .pt layout, with the webui's types."""
     c = hn.config
-    ds = list(c.dropout_structure)
+    ds = list(c.dropout_structure or ())  # filled by CreateOptions.__post_init__
     return {
         "step": int(hn.step),
         "name": c.name,
@@ -270,7 +270,7 @@ def config_from_metadata(meta: dict, dims: list, path) -> CreateOptions:
                   layer_norm=bool(_meta_get(meta, "is_layer_norm", False, (bool, int), path)),
                   dropout_structure=dropout,
                   activate_output=bool(_meta_get(meta, "activate_output", True, (bool, int), path)))
-    for candidate in (name, stem, "hypernetwork"):
+    for candidate in [c for c in (name, stem) if c] + ["hypernetwork"]:
         try:
             return CreateOptions(name=candidate, **fields)
         except ConfigError as exc:
@@ -308,7 +308,10 @@ def _check_module(module, sd: dict, path, dim: int, which: str) -> None:
                                         f"{list(tensor.shape)} for this width and layer structure")
 
 
-def first_nonfinite(named: dict) -> Optional[str]:
+_Name = TypeVar("_Name", bound=Hashable)
+
+
+def first_nonfinite(named: Dict[_Name, torch.Tensor]) -> Optional[_Name]:
     """The first name whose tensor holds a NaN or an infinity, else None.
 
     A sum is finite only if every term is, so the exact (slower) check runs only for tensors whose sum is not

@@ -245,12 +245,6 @@ class DiffusersHost:
         return mean, dist.std.float() * self.scaling_factor
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        self._check_kept("vae")
-        vae_dtype = next(self.vae.parameters()).dtype
-        x = latents.to(self.device, vae_dtype) / self.scaling_factor + self.shift_factor
-        return self.vae.decode(x).sample.float().clamp(-1, 1)
-
     def _tokens(self, tokenizer, texts):
         return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids.to(self.device)

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
             out.paste(img, (64 * c, 64 * r))
-    out = out.resize((out.width * args.scale, out.height * args.scale), Image.NEAREST)
+    out = out.resize((out.width * args.scale, out.height * args.scale), Image.Resampling.NEAREST)
     out.save(args.out)
     print(args.out)
     return 0

@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ SHIFT_GOAL = 0.4
 # What each recipe sets; the model, data, steps, batch size and seeds are the same for both. "webui" is what its Create
 # and Train tabs default to (A1111 v1.10.1): linear activation, Normal init, learning rate 0.00001, the
 # style_filewords template, images stretched to the training size, no flips.
-RECIPES = {
+RECIPES: Dict[str, Dict[str, Any]] = {
     "hypernet": {"activation": "relu", "weight_init": "Normal", "learning_rate": "2.5e-4", "template": "none",
                  "resize": "crop", "flip": True},
     "webui": {"activation": "linear", "weight_init": "Normal", "learning_rate": "0.00001",
@@ -86,7 +86,7 @@ def dataset_palette(folder: Path, colours: int = 8) -> np.ndarray:
     sheet = Image.new("RGB", (32 * len(tiles), 32))
     for i, tile in enumerate(tiles):
         sheet.paste(tile, (32 * i, 0))
-    flat = sheet.quantize(colors=colours, method=Image.Quantize.MEDIANCUT).getpalette()[: 3 * colours]
+    flat = (sheet.quantize(colors=colours, method=Image.Quantize.MEDIANCUT).getpalette() or [])[: 3 * colours]
     return np.array(flat, dtype=np.float32).reshape(-1, 3)
 
 
@@ -107,10 +107,11 @@ def make_style_dataset(folder: Path, count: int = 48, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- the measure
-def measure_scenes(count: int, exclude: Sequence[str] = ()) -> list:
+def measure_scenes(count: int, exclude: Iterable[str] = ()) -> list:
     """`count` one-shape scenes whose captions are distinct and not in `exclude` (the training captions)."""
     from .scenes import random_scene
-    rng, scenes, seen = random.Random(MEASURE_SEED), [], set(exclude)
+    rng, seen = random.Random(MEASURE_SEED), set(exclude)
+    scenes: list = []
     while len(scenes) < count:
         scene = random_scene(rng)
         if scene.caption() not in seen:
@@ -164,7 +165,8 @@ def trade_off(base: Measured, styled: Measured) -> dict:
 def best_step(steps: Sequence[dict]) -> int:
     """The copy with the largest shift among those keeping CONTENT_GOAL of the content, else the one keeping most."""
     from ..train.probe import suggest
-    return steps[suggest(steps, CONTENT_GOAL, "content_kept", "shift")]["step"]
+    index = suggest(steps, CONTENT_GOAL, "content_kept", "shift")
+    return 0 if index is None else steps[index]["step"]
 
 
 @dataclass
@@ -184,7 +186,7 @@ class DemoResult:
     recipe: str = "hypernet"
     content_kept: float = 0.0       # of the final file at strength 1.0, relative to without
     best_step: int = 0
-    steps: list = None              # [{"step", "shift", "content_kept", "val_loss", "prompt_kept", "style"}] per copy
+    steps: Optional[list] = None    # [{"step", "shift", "content_kept", "val_loss", "prompt_kept", "style"}] per copy
     measure_prompts: int = 0
     train_seconds: float = 0.0      # the training loop, validation included
     validation_seconds: float = 0.0

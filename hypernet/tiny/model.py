@@ -14,13 +14,13 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import torch
 
 from ..hosts.clip_tokenizer import bytes_to_unicode
 # Widths of the tiny models: what a hypernetwork for them needs.
-KINDS = {
+KINDS: Dict[str, Dict[str, Any]] = {
     "sd1": {"cross": 32, "prediction": "epsilon"},
     "sd2": {"cross": 48, "prediction": "v_prediction"},
     "sdxl": {"cross": 64, "prediction": "epsilon"},   # two 32-wide text encoders, concatenated as in SDXL

@@ -90,7 +90,7 @@ class Scene:
                 draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=fill)
             else:  # triangle, pointing up, centred on its bounding box
                 draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
-        return big.resize((self.size, self.size), Image.BOX)
+        return big.resize((self.size, self.size), Image.Resampling.BOX)
 
 
 def random_scene(rng: random.Random, shapes: int = 1, colours: Sequence[str] = COLOURS,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from ..bounds import check_path
 from ..fileformat.compat import summary
@@ -130,7 +130,7 @@ def create_file(state, fields: dict) -> dict:
         raise ActionError(400, None, str(exc)) from None
     state.refresh()
     size, params = os.path.getsize(written), hn.parameter_count()
-    reply = {"info": f"Created {written} ({human_size(size)}, {params:,} parameters, widths "
+    reply: Dict[str, Any] = {"info": f"Created {written} ({human_size(size)}, {params:,} parameters, widths "
                      f"{', '.join(map(str, hn.dims))})",
              "name": config.name, "path": written, "size_bytes": size, "parameters": params, "dims": hn.dims}
     reply["readers"] = readers_of(hn, fmt.lstrip("."))

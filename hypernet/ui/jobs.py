@@ -67,7 +67,7 @@ class JobStatus:
 class LocalRuntime:
     """How a job runs outside a webui: a host made on demand and a lock shared with generation."""
 
-    def __init__(self, make_host: Callable[[], object], lock=None, on_finished: Optional[Callable[[], None]] = None):
+    def __init__(self, make_host: Callable[[], object], lock=None, on_finished: Optional[Callable[[], object]] = None):
         self.make_host = make_host
         self.lock = lock if lock is not None else threading.Lock()
         self.on_finished = on_finished
@@ -197,7 +197,7 @@ class TrainJob:
                     "came down)"] if result.overflow_steps else []
         # The copy written at an interrupt comes after the last progress report.
         self._update(state=result.stopped, step=result.step, output=result.output, loss=result.last_loss,
-                     notes=list(trainer.notes) + overflow, suggested=result.suggested, timing=result.timing.line(),
+                     notes=list(trainer.notes) + overflow, suggested=result.suggested, timing=result.timing.line() if result.timing else None,
                      suggested_step=result.suggested_step, probes=trainer.probe_points(),
                      last_saved=result.saved[-1] if result.saved else self.status.last_saved)
         self.runtime.finished()

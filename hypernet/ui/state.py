@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..attach import Attachment, Compatibility, attach, compatibility, find_attention
 from ..errors import HypernetError, NotFoundError
+from ..tags import Strength
 from ..library import Entry, Library
 from . import metadata as _metadata
 from .settings import value
@@ -32,7 +33,7 @@ class Applied:
 
     name: str
     entry: Entry
-    strength: object
+    strength: Strength
 
 
 def _stamp(path: str) -> Tuple[int, int]:

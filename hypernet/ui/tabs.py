@@ -139,11 +139,15 @@ def status_html(status: Optional[dict]) -> str:
 def loss_image(status: Optional[dict]):
     """The loss curve so far as a PIL image, or None before the first step."""
     from ..train.plot import render_loss
-    points = (status or {}).get("losses") or []
+    status = status or {}
+    points = status.get("losses") or []
     if not points:
         return None
     steps, losses = zip(*points)
-    val = tuple(map(list, zip(*status["val_losses"]))) if status.get("val_losses") else None
+    val = None
+    if status.get("val_losses"):
+        val_steps, val_losses = zip(*status["val_losses"])
+        val = (list(val_steps), list(val_losses))
     return render_loss(list(steps), list(losses), title=f"{status['name']} loss", size=(640, 320), validation=val,
                        probes=status.get("probes") or (), suggested=status.get("suggested_step"))
 

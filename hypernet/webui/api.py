@@ -33,7 +33,7 @@ The models work with pydantic 1 (the webui's fastapi 0.94) and 2 (Forge, newer f
 # No `from __future__ import annotations` here: FastAPI reads the route functions' annotations, and the request
 # models are local to add_routes.
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from ..train import compare as compare_copies
 from ..config import CompareOptions, CreateOptions, TrainOptions
@@ -73,7 +73,7 @@ def _base_model():
 def _dataclass_fields(cls, *, optional: bool = False) -> dict:
     """pydantic field definitions mirroring a dataclass: its defaults and help texts, any JSON value."""
     from pydantic import Field
-    out = {}
+    out: Dict[str, tuple] = {}
     for f in dataclasses.fields(cls):
         text = f.metadata.get("help", "")
         if "choices" in f.metadata:
@@ -83,7 +83,7 @@ def _dataclass_fields(cls, *, optional: bool = False) -> dict:
         elif f.default is not dataclasses.MISSING:
             out[f.name] = (Any, Field(f.default, description=text))
         else:  # a plain default shows in the API docs; unset fields are never passed on (exclude_unset)
-            out[f.name] = (Any, Field(f.default_factory(), description=text))  # type: ignore[operator,assignment]
+            out[f.name] = (Any, Field(f.default_factory(), description=text))  # type: ignore[operator]
     return out
 
 

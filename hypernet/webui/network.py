@@ -13,7 +13,7 @@ How the webui drives it (v1.10.1, read in modules/extra_networks.py and modules/
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from modules import extra_networks
 
@@ -29,7 +29,7 @@ from .xyz import FILE_LABEL, PENDING, STRENGTH_LABEL
 
 
 class ExtraNetworkHypernet(extra_networks.ExtraNetwork):
-    def __init__(self, state: HypernetState = None):
+    def __init__(self, state: Optional[HypernetState] = None):
         super().__init__("hypernet")
         self._state = state
 

@@ -31,7 +31,7 @@ TITLE = "Hypernetworks"
 class ExtraNetworksPageHypernetworks(ui_extra_networks.ExtraNetworksPage):
     is_hypernet_extension_page = True  # recognised across a reload of this module
 
-    def __init__(self, state: HypernetState = None):
+    def __init__(self, state: Optional[HypernetState] = None):
         super().__init__(TITLE)
         self._state = state
 

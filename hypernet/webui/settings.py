@@ -7,6 +7,7 @@ shared.opts ("hypernet_" + key), falling back to the default where the webui has
 from __future__ import annotations
 
 import html
+from typing import Any, Dict, Optional
 
 from ..ui.settings import SETTINGS, set_reader
 
@@ -47,7 +48,8 @@ def on_ui_settings() -> None:
 
     options = {}
     for key, setting in SETTINGS.items():
-        component, args = None, None
+        component: Optional[object] = None
+        args: Optional[Dict[str, Any]] = None
         if setting.choices and gr is not None:
             component, args = gr.Radio, {"choices": list(setting.choices)}
         elif isinstance(setting.default, int) and not isinstance(setting.default, bool) and gr is not None:
