@@ -81,6 +81,7 @@ class RunFolder:
             self.wandb.finish()
 
     def _write_settings(self, seed: int, source: Optional[str], processes: int) -> None:
+        """settings.json: the options, the hypernetwork, the model and the versions this start ran with."""
         from ..version import __version__
         data = {"options": self.opts.to_dict(), "hypernetwork": self.hn.config.to_dict(), "seed": seed,
                 "processes": processes, "start_step": self.start_step, "source": source, "output": str(self.output),

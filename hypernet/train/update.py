@@ -34,6 +34,7 @@ class Updater:
         self.overflowed = 0.0  # the loss scale of the last step if float16 scaling overflowed there, else 0
 
     def set_learning_rate(self, lr: float) -> None:
+        """The rate of the next step, in every parameter group."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -94,6 +95,7 @@ class Updater:
         return scale if scale > 1.0 else 0.0
 
     def _drop_gradients(self) -> None:
+        """Forget a skipped step's gradients (and let the scaler lower its scale after an overflow)."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.update()  # also resets the unscale bookkeeping for the next step
