@@ -11,7 +11,7 @@ Variants, each run in its own process so peak memory is its own (same script, sa
 
 Precisions (--dtype): fp32; fp16 (autocast, with a GradScaler's loss scaling as the trainer uses); bf16; fp8 and
 fp8-bf16 (Linear / Conv2d weights stored as float8_e4m3fn and cast to float16 / bfloat16 per call, as the webui's
-FP8 mode and Forge's --unet-in-fp8 do). The AdamW step is the trainer's own (hypernet.train.trainer.build_optimizer).
+FP8 mode and Forge's --unet-in-fp8 do). The AdamW step is the trainer's own (hypernet.train.optimizers.build_optimizer).
 
 Usage: python benchmarks/train_step.py [--quick] [--device cuda] [--dtype fp16] [--latent 64] [--repeats 3]
 Prints seconds per step, peak memory, and the ratios ours/floor and webui/ours. Nothing here is asserted.
@@ -120,9 +120,9 @@ def make_inputs(config_name: str, device: str, dtype, latent: int, batch: int = 
 
 
 def trainer_optimizer(params):
-    """The trainer's own AdamW (hypernet.train.trainer.build_optimizer, default options) at a rate that leaves weights be."""
+    """The trainer's own AdamW (hypernet.train.optimizers.build_optimizer, default options) at a rate that leaves weights be."""
     from hypernet.config import TrainOptions
-    from hypernet.train.trainer import build_optimizer
+    from hypernet.train.optimizers import build_optimizer
     return build_optimizer("AdamW", params, TrainOptions(), 1e-12)
 
 

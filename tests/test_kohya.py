@@ -16,7 +16,8 @@ from hypernet.tiny import model as tiny
 from hypernet.config import ConfigError, CreateOptions, TrainOptions
 from hypernet.hosts.diffusers import DiffusersHost
 from hypernet.train.sample_prompts import parse_line, read_prompts
-from hypernet.train.trainer import Trainer, build_optimizer, train
+from hypernet.train.optimizers import build_optimizer
+from hypernet.train.trainer import Trainer, train
 from test_train import make_images, opts, same_state, state
 
 

@@ -11,7 +11,8 @@ import hypernet
 from hypernet import HypernetError
 from hypernet.tiny import model as tiny
 from hypernet.hosts.webui import ForgeHost, WebuiHost, make_host
-from hypernet.train.trainer import Trainer, compute_dtype, train
+from hypernet.train.precision import compute_dtype
+from hypernet.train.trainer import Trainer, train
 from models import StandInForge, StandInLatentDiffusion, tiny_ldm_unet, webui_precision
 from test_train import make_images, opts
 from webui_stub.harness import stub_modules

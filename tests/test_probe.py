@@ -12,7 +12,8 @@ from hypernet.train import probe
 from hypernet.config import CreateOptions
 from hypernet.errors import ConfigError
 from hypernet.train.plot import KEPT_COLOUR, STYLE_COLOUR, render_loss
-from hypernet.train.trainer import CSV_COLUMNS, Trainer, TrainResult, train
+from hypernet.train.run_folder import CSV_COLUMNS
+from hypernet.train.trainer import Trainer, TrainResult, train
 from test_train import opts, same_state, state
 from test_validation import data_dir, host  # noqa: F401  (the same tiny model and images)
 
@@ -53,7 +54,7 @@ def test_figures_are_exact_when_nothing_changes_and_grow_with_the_change():
 
 @pytest.mark.parametrize("kind", ["epsilon", "v"])
 def test_the_implied_clean_latent_inverts_the_target(kind):
-    from hypernet.train.trainer import noisy_latents, predicted_x0, target
+    from hypernet.train.objective import noisy_latents, predicted_x0, target
     x0, noise, a = torch.randn(3, 4, 8, 8, dtype=torch.float64), torch.randn(3, 4, 8, 8, dtype=torch.float64), \
         torch.tensor([0.9, 0.5, 0.05], dtype=torch.float64)
     assert torch.allclose(predicted_x0(kind, target(kind, x0, noise, a), noisy_latents(x0, noise, a), a), x0)

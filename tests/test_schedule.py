@@ -7,7 +7,7 @@ import torch
 from hypernet import ConfigError
 from hypernet.config import TrainOptions
 from hypernet.train.schedule import cosine_factor, learning_rate, parse_schedule, value_at, warmup_factor
-from hypernet.train import trainer as T
+from hypernet.train import objective as T
 
 
 def test_webui_schedule_semantics():

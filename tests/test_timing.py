@@ -17,7 +17,8 @@ from hypernet.apps.cli import main
 from hypernet.config import TrainOptions
 from hypernet.hosts.diffusers import DiffusersHost
 from hypernet.train.timing import LABELS, PHASES, PhaseTimer
-from hypernet.train.trainer import Trainer, build_optimizer
+from hypernet.train.optimizers import build_optimizer
+from hypernet.train.trainer import Trainer
 from test_train import make_images
 
 TINY = Path(hypernet.__file__).parent / "assets" / "tiny-sd"
@@ -179,7 +180,7 @@ def test_images_set_aside_for_validation_are_encoded_before_the_encoder_is_freed
     result = trainer.run()
     assert result.step == 6 and len(result.val_losses) == 4  # at 0, 2, 4 and 6, the set-aside image included
     assert next(host.text_encoders[0].parameters()).device.type == "meta"
-    assert {d.prompt for d in trainer.validation} <= set(trainer._cond_cache)
+    assert {d.prompt for d in trainer.validation} <= set(trainer.text.cache)
 
 
 def test_shuffled_tags_encode_per_step_and_keep_the_encoder(data_dir, tmp_path):

@@ -161,7 +161,7 @@ def test_preview_restores_rng_state(pipes, data_dir, tmp_path):
     batch = next(trainer._build_dataset().batches(1, __import__("random").Random(0)))
     torch.manual_seed(4)
     trainer.hn.train()
-    path = trainer._preview(1, batch)
+    path = trainer.previews.render(1, batch)[-1]
     assert Path(path).exists() and torch.equal(torch.rand(3), expected)
 
 

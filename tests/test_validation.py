@@ -13,7 +13,8 @@ from hypernet.config import CreateOptions
 from hypernet.errors import ConfigError
 from hypernet.hosts.diffusers import DiffusersHost
 from hypernet.train.plot import VALIDATION_COLOUR, render_loss
-from hypernet.train.trainer import CSV_COLUMNS, Trainer, _upgrade_csv, train
+from hypernet.train.run_folder import CSV_COLUMNS, _upgrade_csv
+from hypernet.train.trainer import Trainer, train
 from hypernet.train.validation import make_draws, pick_cycle, spread_timesteps
 from test_train import make_images, opts, same_state, state
 

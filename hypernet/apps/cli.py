@@ -68,7 +68,7 @@ def _existing_folder(path: Path) -> None:
 
 def _refuse_overwrite(output, source, overwrite: bool) -> None:
     """HypernetError naming `output` when it would replace a file other than `source` (the one being continued)."""
-    from ..train.trainer import replaces_other_file
+    from ..train.run_folder import replaces_other_file
     if not overwrite and replaces_other_file(output, source):
         raise HypernetError(f"{output}: already exists; add --overwrite to replace it, or choose another --output")
 
@@ -241,7 +241,7 @@ def _dump_config(args, options, create) -> int:
 
 
 def _cmd_train(args) -> int:
-    from ..train.trainer import output_path
+    from ..train.run_folder import output_path
     _apply_config(args)
     options, create = _train_plan(args)
     if args.dump_config:

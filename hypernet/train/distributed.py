@@ -67,6 +67,25 @@ class Group:
             torch.distributed.barrier()
 
 
+def collective_device(device) -> torch.device:
+    """Where collectives run for a model on `device`: NCCL needs CUDA tensors, gloo takes CPU ones."""
+    device = torch.device(device)
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def sum_with_gradients(group: Group, params: list, values: list, device) -> list:
+    """Sum every parameter's gradient (a missing one as zeros) and `values` over every process in one flat buffer
+    on `device`, as DDP does per bucket; the gradients are replaced by their sums, the summed values returned."""
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
+                     + [torch.tensor([float(v) for v in values]).to(params[0].device)])
+    flat = group.all_reduce_sum(flat.to(device))
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.device, p.dtype).clone()
+        offset += p.numel()
+    return [float(v) for v in flat[offset:]]
+
+
 def current() -> Group:
     """The initialised process group's view of this process; Group() when there is none."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -27,6 +27,8 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from .objective import noisy_latents
+
 FIELD = "probe_prompts_file"
 # Varied subjects, media and compositions, none of them a style: what a style should leave the prompt free to ask.
 # Sixteen: on the demo, eight probe prompts ranked copies by content kept far worse than sixteen.
@@ -77,7 +79,6 @@ def make_probe_draws(shape: Sequence[int], count: int, seed: int, low: int, high
     """`count` latents of `shape` noised from an empty (zero) latent at timesteps spread over the noisiest
     LAYOUT_SHARE of [low, high), as sampling starts from noise that no image has shaped yet; all randomness from
     `seed`."""
-    from .trainer import noisy_latents
     from .validation import spread_timesteps
     gen = torch.Generator().manual_seed((seed ^ _SALT) & (2 ** 63 - 1))
     noise = torch.randn((count,) + tuple(shape), generator=gen)

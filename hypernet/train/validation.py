@@ -13,6 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from .objective import sample_noise
+
 # Mixed into the run's seed so that the validation draws never repeat the training draws of step 0.
 _SALT = 0x5EED_0F_7A1
 
@@ -47,7 +49,6 @@ def pick_cycle(n: int, count: int, rng: random.Random) -> List[int]:
 def make_draws(examples: Sequence[Tuple[torch.Tensor, str, Optional[torch.Tensor], str]], count: int, seed: int,
                low: int, high: int, noise_offset: float) -> List[Draw]:
     """`count` fixed draws over (latent, prompt, weight, source) examples, all randomness from `seed`."""
-    from .trainer import sample_noise
     rng = random.Random(seed ^ _SALT)
     picks = pick_cycle(len(examples), count, rng)
     timesteps = spread_timesteps(count, low, high)

@@ -195,7 +195,7 @@ def _new_name(create_fields: dict) -> str:
 def _placed(state, options: TrainOptions, name: str, fmt: str, source: Optional[str]) -> TrainOptions:
     """The options with output, log_dir and latent_cache_dir resolved inside their folders (403 outside), and the
     output refused (409) if it would replace another file without overwrite; continuing writes into the source."""
-    from ..train.trainer import replaces_other_file
+    from ..train.run_folder import replaces_other_file
     allow, logs = any_path_allowed(state), log_folder(state)
     log_dir = confined(logs, options.log_dir, "log_dir", "log folder", allow)
     cache = options.latent_cache_dir and confined(logs, options.latent_cache_dir, "latent_cache_dir", "log folder",
