@@ -116,7 +116,8 @@ def _copy(path: Path, logged: Dict[int, dict]) -> Copy:
     """A Copy of `path`, with what the trainer measured at its step looked up in `logged` (measures of its run)."""
     step = inspect(path).step
     found = logged.get(step, {}) if step is not None else {}
-    return Copy(str(path), step, *(found.get(k) for k in MEASURES))
+    val_loss, prompt_kept, style = (found.get(k) for k in MEASURES)
+    return Copy(str(path), step, val_loss, prompt_kept, style)
 
 
 def mark_suggested(copies: Sequence[Copy], goal: float) -> List[Copy]:
@@ -131,7 +132,7 @@ def mark_suggested(copies: Sequence[Copy], goal: float) -> List[Copy]:
 def goal_of(settings: dict) -> float:
     """The prompt-kept goal a run was trained with (its settings.json), else the default."""
     from .probe import GOAL
-    run = settings.get("options") if isinstance(settings.get("options"), dict) else {}
+    run: dict = settings["options"] if isinstance(settings.get("options"), dict) else {}
     try:
         return float(run.get("prompt_kept_goal", GOAL))
     except (TypeError, ValueError):
@@ -229,7 +230,7 @@ def filled(options: CompareOptions, settings: dict) -> CompareOptions:
     """The options with the run's defaults put in: its preview prompt (else first caption) and training size; a
     seed below 0 becomes one random seed, the same for the whole grid (as the webui's X/Y/Z plot draws it)."""
     run = settings.get("options", {}) if isinstance(settings.get("options"), dict) else {}
-    changes = {"seed": secrets.randbelow(2 ** 32 - 1)} if options.seed < 0 else {}
+    changes: Dict[str, object] = {"seed": secrets.randbelow(2 ** 32 - 1)} if options.seed < 0 else {}
     if not options.prompts():
         prompt = run.get("preview_prompt") or first_caption(run.get("data"))
         if not prompt:
@@ -254,7 +255,7 @@ def first_caption(folder) -> str:
 
 def model_of(settings: dict) -> str:
     """The model a run trained on, as a path hosts.diffusers.load_pipeline reads; a HypernetError when it cannot be found again."""
-    model = settings.get("model") if isinstance(settings.get("model"), dict) else {}
+    model: dict = settings["model"] if isinstance(settings.get("model"), dict) else {}
     path = model.get("path") or ""
     if path and Path(path).exists():
         return path
@@ -326,11 +327,11 @@ def render(host, copies: Sequence[Copy], options: CompareOptions,
                 row.append(None)
         rows.append(row)
     blank = Image.new("RGB", (options.width or 64, options.height or 64), (96, 96, 96))
-    rows = [[img if img is not None else blank for img in row] for row in rows]
+    pictures = [[img if img is not None else blank for img in row] for row in rows]
     titles = [("without" if s == 0.0 else f"strength {s:g}") for _, s in columns]
     groups = prompts if len(prompts) > 1 else []
     stopped = f" (stopped after {cells.done} of {cells.total} images)" if cells.stopped else ""
-    picture = labelled_grid(rows, titles, [c.label for c in copies], groups,
+    picture = labelled_grid(pictures, titles, [c.label for c in copies], groups,
                             f"seed {options.seed}, {options.steps} steps, cfg {options.cfg_scale:g}{stopped}"
                             + ("" if len(prompts) > 1 else f": {prompts[0]}"))
     return Comparison(picture, list(copies), columns, options.seed, cells=(cells.done, cells.total))
@@ -362,7 +363,7 @@ def labelled_grid(rows: Sequence[Sequence[Image.Image]], column_titles: Sequence
         for i, text in enumerate(lines[: max(1, cell_h // line)]):
             draw.text((4, header + r * cell_h + 4 + i * line), text, fill=(20, 20, 20))
         for c, img in enumerate(images):
-            out.paste(img.convert("RGB").resize((cell_w, cell_h), Image.NEAREST),
+            out.paste(img.convert("RGB").resize((cell_w, cell_h), Image.Resampling.NEAREST),
                       (left + c * cell_w, header + r * cell_h))
     return out
 

@@ -51,7 +51,7 @@ def _from_settings(data: dict) -> dict:
         out["hypernetwork"] = data["source"]  # a continued file: continue it again, its architecture is fixed
     elif isinstance(data.get("hypernetwork"), dict):
         out.update({k: v for k, v in data["hypernetwork"].items() if v is not None})
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    model: dict = data["model"] if isinstance(data.get("model"), dict) else {}
     if model.get("path"):
         out["model"] = model["path"]
     return out

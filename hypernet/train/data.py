@@ -77,7 +77,9 @@ def scan_images(folder, recursive: bool = False) -> Tuple[List[str], List[str]]:
 def scan_folder(folder, recursive: bool = False) -> Tuple[List[str], List[str], List[str]]:
     """(images, other visible files, caption .txt files) under `folder`, each in a stable order, in one walk."""
     root = _check_folder(folder)
-    images, others, captions = [], [], []
+    images: List[Path] = []
+    others: List[Path] = []
+    captions: List[Path] = []
     for path in _walk(root, recursive):
         suffix = path.suffix.lower()
         (images if suffix in IMAGE_EXTENSIONS else captions if suffix == ".txt" else others).append(path)
@@ -154,7 +156,7 @@ def decode_image(data: bytes, name) -> Tuple[Image.Image, Optional[np.ndarray]]:
         with img:
             _check_decoded_size(img, name)
             img.load()
-            return to_rgb(ImageOps.exif_transpose(img))
+            return to_rgb(ImageOps.exif_transpose(img) or img)  # None only when asked to work in place
     except DatasetError:
         raise
     # Decoders of untrusted files fail in many ways (OSError, SyntaxError, struct.error, bomb checks, ...).
@@ -491,7 +493,8 @@ class TrainingSet:
     def _build(self, paths: List[str], encode_batch_size: int, progress) -> List[_Item]:
         """Read every image, take latents from the cache or queue them for `encode`, and encode by size."""
         variants = (False, True) if self.options.flip else (False,)
-        items, queue = [], {}
+        items: List[_Item] = []
+        queue: Dict[tuple, list] = {}
         for done, path in enumerate(paths, 1):
             try:
                 item, jobs = self._prepare(path, variants)
@@ -568,9 +571,10 @@ class TrainingSet:
         fitted_alpha = None if alpha is None else fit_alpha(alpha, target[0], target[1], self.options.resize)
         jobs = []
         for variant, flipped in enumerate(variants):
-            if cached[variant]:
-                item.latents[variant] = (cached[variant].mean, cached[variant].std)
-                item.weight = cached[variant].weight if variant == 0 else item.weight
+            hit = cached[variant]
+            if hit:
+                item.latents[variant] = (hit.mean, hit.std)
+                item.weight = hit.weight if variant == 0 else item.weight
             else:
                 jobs.append(_Job(item, variant, digest, pixels.flip(-1) if flipped else pixels,
                                  fitted_alpha if variant == 0 else None))
@@ -708,7 +712,7 @@ class TrainingSet:
 
     def _epoch_plan(self, batch_size: int, rng: random.Random) -> List[List[int]]:
         """One epoch: each size group shuffled and cut into batches (the last may be smaller), batches shuffled."""
-        plan = []
+        plan: List[List[int]] = []
         for group in self._groups.values():
             order = list(group)
             rng.shuffle(order)

@@ -3,10 +3,14 @@ it puts the host back afterwards."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, cast
 
 from ..config import TrainOptions
 from ..errors import HypernetError
 from ..network import Hypernetwork
+
+if TYPE_CHECKING:
+    from ..hosts.protocol import Host, SwapsVae
 
 log = logging.getLogger("hypernet")
 
@@ -14,7 +18,7 @@ log = logging.getLogger("hypernet")
 class HostChanges:
     """One run's changes to `host`, each recorded so that undo() and finish() put it back."""
 
-    def __init__(self, host, options: TrainOptions):
+    def __init__(self, host: Host, options: TrainOptions):
         self.host = host
         self.opts = options
         self._restore: dict = {}   # host attributes the options changed, with their values before
@@ -70,7 +74,7 @@ class HostChanges:
             self._released = None
         for name, value in self._restore.items():
             if name == "vae":
-                self.host.use_vae(value)
+                cast("SwapsVae", self.host).use_vae(value)  # only set when the host has use_vae
             else:
                 setattr(self.host, name, value)
         self._restore = {}

@@ -1,7 +1,7 @@
 """A loss curve drawn with Pillow alone, so training needs no plotting library."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
@@ -15,6 +15,14 @@ def moving_average(values: Sequence[float], window: int) -> list:
             total -= values[i - window]
         out.append(total / min(i + 1, window))
     return out
+
+
+def columns(points: Sequence[Tuple[int, float]]) -> Optional[Tuple[List[int], List[float]]]:
+    """(steps, values) of (step, value) points, as render_loss takes the validation loss; None for no points."""
+    if not points:
+        return None
+    steps, values = zip(*points)
+    return list(steps), list(values)
 
 
 def draw_loss(steps: Sequence[int], losses: Sequence[float], path, title: str = "loss",

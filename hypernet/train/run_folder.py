@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import torch
 
@@ -19,6 +19,9 @@ from ..config import DTYPES, TrainOptions
 from ..errors import HypernetError
 from ..fileformat.files import atomic_write, optim_path, save_optimizer
 from ..network import Hypernetwork
+
+if TYPE_CHECKING:
+    from ..hosts.protocol import Identity
 
 log = logging.getLogger("hypernet")
 # The webui's columns first (its tools read them by position); the rest are ours, empty where not evaluated.
@@ -42,7 +45,7 @@ class RunFolder:
     """log_dir/<date>/<name> for one run of `hn`, the curves it records there, and the final file."""
 
     def __init__(self, options: TrainOptions, hn: Hypernetwork, *, start_step: int, writer: bool,
-                 identity: Callable[[], dict]):
+                 identity: Callable[[], Identity]):
         """`writer`: this process writes the files (process 0). `identity`: the host's identity(), the model the
         saved files were trained on."""
         self.opts = options
@@ -55,7 +58,7 @@ class RunFolder:
         self.output = output_path(options, self.name)
         self.board = self.wandb = None
         self.settings_file: Optional[Path] = None
-        self.losses: tuple = ([], [])   # (steps, training losses) for the plot
+        self.losses: Tuple[List[int], List[float]] = ([], [])   # (steps, training losses) for the plot
         self.val_losses: list = []      # (step, validation loss) at each evaluation; the TrainResult holds this list
         self.probes: list = []          # (step, prompt kept, style strength) at each measure; the TrainResult's list
         self.suggested_step: Optional[int] = None   # known at the end; loss.png marks it
@@ -195,9 +198,9 @@ class RunFolder:
     def draw_loss(self) -> None:
         """loss.png: the training loss, the validation loss, the measures and the suggested step."""
         if self.losses[0] and self.writer:
-            from .plot import draw_loss
+            from .plot import columns, draw_loss
             draw_loss(*self.losses, self.dir / "loss.png", title=f"{self.name} loss",
-                      validation=tuple(zip(*self.val_losses)), probes=self.probes, suggested=self.suggested_step)
+                      validation=columns(self.val_losses), probes=self.probes, suggested=self.suggested_step)
 
     # ------------------------------------------------------------------------------------------ files
     def save(self, path, optimizer: torch.optim.Optimizer, trainer_state: dict) -> str:

@@ -98,4 +98,4 @@ def prompt_lines(path, field: str = FIELD) -> List[tuple]:
 
 def read_prompts(path) -> List[SamplePrompt]:
     """Every preview a prompt file asks for, in order; ConfigError naming the file and line when one is wrong."""
-    return [parse_line(line, where) for where, line in prompt_lines(path)]
+    return [p for where, line in prompt_lines(path) if (p := parse_line(line, where)) is not None]

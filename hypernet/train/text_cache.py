@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..hosts.protocol import Host
 
 log = logging.getLogger("hypernet")
 TEXT_CACHE_BYTES = 1 << 30  # text embeddings kept at most; beyond it they are encoded as batches draw them
@@ -13,7 +17,7 @@ class TextCache:
     """Prompt -> conditioning (a tensor, or SDXL's dict of them) from the host's encode_prompts; beyond
     TEXT_CACHE_BYTES the oldest go, unless every prompt the run can draw was encoded before step 0 (`fixed`)."""
 
-    def __init__(self, host, cacheable: bool):
+    def __init__(self, host: Host, cacheable: bool):
         """`cacheable`: prompts repeat as they are (tags neither shuffled nor dropped; caption dropout only adds "")."""
         self.host = host
         self.cacheable = cacheable

@@ -147,7 +147,7 @@ class PhaseTimer:
         self._rows: dict = {}          # step -> {phase: seconds}
         self._open: list = []          # (step, name, start stamp, end stamp) not read yet
         self._step = 0                 # the step the phases now count toward (0: before the first)
-        self._step_start = None
+        self._step_start: Optional[float] = None
         self._started: Optional[float] = None
         self._cpu_started: Optional[float] = None
         self._steps = 0

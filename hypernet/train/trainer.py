@@ -13,12 +13,12 @@ import secrets
 import signal
 import threading
 import time
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import torch
 
 from . import distributed, optimizers, precision, probe, schedule, timing, validation
-from ..attach import attach
+from ..attach import Attachment, attach
 from ..config import CreateOptions, TrainOptions
 from ..errors import HypernetError
 from ..fileformat.files import load
@@ -32,6 +32,9 @@ from .run_folder import TRAINER_STATE_KEY, RunFolder
 from .staging import Staged, to_device
 from .text_cache import TextCache
 from .update import Updater
+
+if TYPE_CHECKING:  # the contract only: the trainer runs on whatever host it is given
+    from ..hosts.protocol import Conditioning, Host
 
 log = logging.getLogger("hypernet")
 
@@ -63,7 +66,7 @@ class _StopOnSigint:
 class Trainer:
     """One training run of one hypernetwork on one host; call run() once."""
 
-    def __init__(self, host, options: TrainOptions, hypernetwork: Union[Hypernetwork, str, os.PathLike, None] = None,
+    def __init__(self, host: Host, options: TrainOptions, hypernetwork: Union[Hypernetwork, str, os.PathLike, None] = None,
                  create: Optional[CreateOptions] = None, *, stop: Optional[threading.Event] = None,
                  on_progress: Optional[Callable[[Progress], None]] = None, show_progress: bool = True,
                  name: Optional[str] = None, group: Optional[distributed.Group] = None, profile: bool = False):
@@ -93,17 +96,21 @@ class Trainer:
         self.run_dir, self.output = self.folder.dir, self.folder.output
         self.text = TextCache(host, cacheable=not options.shuffle_tags and options.tag_dropout == 0)
         self.previews = Previews(options, host, self.hn, seed=self.seed, folder=self.run_dir, writer=self.group.writer)
-        self.optimizer = self.scaler = self.updater = self.batches = self.bar = None
+        self.optimizer: torch.optim.Optimizer   # the optimizer, its checked step and the batches: made in _prepare
+        self.updater: Updater
+        self.batches: Staged
+        self.scaler: Optional[torch.amp.GradScaler] = None
+        self.bar = None
         self.host_changes = HostChanges(host, options)
         self.validation: list = []   # the fixed validation draws (validation.Draw), built in _prepare
         self._val_predictions: Optional[tuple] = None   # (step, predictions) of the last validation
         self._probe_setup: Optional[tuple] = None       # (draws, conditioning, base predictions), made once
-        self._handle = None          # the attachment training runs under (the measure sets its strength)
+        self._handle: Attachment     # the attachment training runs under, made by run() (the measure sets its strength)
         self._window: list = []      # the step losses since the last CSV row, which holds their mean
         self.notes: list = []   # what the user should know about the data, one line each (skipped images...)
         self.profile = profile
         self.timer = timing.PhaseTimer(self.host.device, keep_rows=profile, measure_rss=profile)
-        self._probe_cond = None    # the probe prompts' conditioning, encoded before step 0
+        self._probe_cond: Optional[Conditioning] = None    # the probe prompts' conditioning, encoded before step 0
         self._alphas: Optional[torch.Tensor] = None  # the noise schedule on the host's device (_alphas_cumprod)
 
     # ------------------------------------------------------------------------------------------ setup
@@ -324,7 +331,8 @@ class Trainer:
     def _score_validation(self) -> tuple:
         """(mean loss, the clean latents the predictions imply, in draw order) over the fixed validation draws; callers
         turn dropout and gradients off (_evaluating)."""
-        device, total, predictions = self.host.device, 0.0, []
+        device, total = self.host.device, 0.0
+        predictions: list = []
         for chunk in validation.batches(self.validation, self.opts.batch_size):
             x0 = torch.stack([d.latent for d in chunk]).to(device, torch.float32)
             noise = torch.stack([d.noise for d in chunk]).to(device, torch.float32)
@@ -560,6 +568,6 @@ class Trainer:
             self.on_progress(report)
 
 
-def train(host, options: TrainOptions, hypernetwork=None, create: Optional[CreateOptions] = None, **kwargs) -> TrainResult:
+def train(host: Host, options: TrainOptions, hypernetwork=None, create: Optional[CreateOptions] = None, **kwargs) -> TrainResult:
     """Train a hypernetwork on a host; see Trainer for the keyword arguments."""
     return Trainer(host, options, hypernetwork, create, **kwargs).run()

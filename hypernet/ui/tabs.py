@@ -138,17 +138,14 @@ def status_html(status: Optional[dict]) -> str:
 
 def loss_image(status: Optional[dict]):
     """The loss curve so far as a PIL image, or None before the first step."""
-    from ..train.plot import render_loss
+    from ..train.plot import columns, render_loss
     status = status or {}
     points = status.get("losses") or []
     if not points:
         return None
     steps, losses = zip(*points)
-    val = None
-    if status.get("val_losses"):
-        val_steps, val_losses = zip(*status["val_losses"])
-        val = (list(val_steps), list(val_losses))
-    return render_loss(list(steps), list(losses), title=f"{status['name']} loss", size=(640, 320), validation=val,
+    return render_loss(list(steps), list(losses), title=f"{status['name']} loss", size=(640, 320),
+                       validation=columns(status.get("val_losses") or []),
                        probes=status.get("probes") or (), suggested=status.get("suggested_step"))
 
 
