@@ -5,7 +5,10 @@ Every import counts, at module level and inside functions, except those under `i
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hypernet"
 # The two documented convenience methods: Hypernetwork.save (fileformat) and Hypernetwork.compatibility (attach)
@@ -158,3 +161,15 @@ def test_no_module_imports_from_a_package_init():
     assert {"hypernet", "hypernet.train", "hypernet.tiny"} <= packages
     wrong = [f"{a} -> {b}" for a, targets in edges.items() for b in targets if b in packages]
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib")
+def test_the_console_script_names_a_function_that_exists():
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts
+    for target in scripts.values():
+        module, _, name = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), target
