@@ -186,3 +186,10 @@ def test_the_training_page_run_file_is_a_valid_run_file(tmp_path):
     lines = re.search(r"```text\n(.*?)```", page, re.S).group(1).splitlines()
     assert [p.prompt for p in map(parse_line, lines) if p] == ["a castle on a hill, mystyle",
                                                               "a portrait of a woman, mystyle"]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    blocks = re.findall(r"```bash\n(.*?)\n```", _text(ROOT / "README.md"), re.S)
+    tests = [b for b in blocks if "pytest" in b]
+    assert len(tests) == 1 and "ruff check" in tests[0] and "mypy" in tests[0]
+    assert tests[0].strip() in _text(ROOT / ".ci" / "run").splitlines()

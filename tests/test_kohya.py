@@ -407,18 +407,3 @@ def test_without_a_model_anywhere_the_error_says_where_to_give_it(data_dir, tmp_
     from hypernet.apps.cli import main
     assert main(["train", "--data", str(data_dir)]) == 2
     assert "--model" in capsys.readouterr().err
-
-
-def test_the_readme_run_file_is_a_valid_run_file(tmp_path):
-    import re
-    from hypernet.apps.cli import _train_keys
-    from hypernet.train.config_file import read_config
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"```toml\n(.*?)```", readme, re.S).group(1)
-    (tmp_path / "run.toml").write_text(block)
-    values = read_config(tmp_path / "run.toml", _train_keys())
-    TrainOptions(**{k: v for k, v in values.items() if k in TrainOptions.__dataclass_fields__})
-    assert values["clip_skip"] == 2 and values["optimizer"] == "Lion"
-    lines = re.search(r"```text\n(.*?)```", readme, re.S).group(1).splitlines()
-    assert [p.prompt for p in map(parse_line, lines) if p] == ["a castle on a hill, mystyle",
-                                                              "a portrait of a woman, mystyle"]
