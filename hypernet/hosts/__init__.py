@@ -1,11 +1,10 @@
 """Adapters between the trainer and one concrete model stack.
 
-A host gives the trainer: `unet` (attention to hook), `encode_images(pixels) -> (mean, std)` of the scaled latent
-Gaussian, `encode_prompts(texts) -> conditioning` (a tensor, or a dict for SDXL), `predict(x_t, t, cond)`,
-`alphas_cumprod`, `prediction_type` ("epsilon" or "v"), `device` / `dtype`, `frozen_modules()`, `identity()`,
-`vae_key`, `model_dims()` and `sample(prompt, ...) -> PIL image` for previews.
-
-The contract itself, member by member, with the optional members the trainer looks up (release, use_vae, clip_skip,
-precision, check_trainable, gradient checkpointing, close), is hosts/protocol.py; mypy checks every host and the
-tests' stand-ins against it (tests/typing_hosts.py).
+    protocol.py        the contract: Host (what every host has) and the optional members the trainer looks up;
+                       mypy checks every host and the tests' stand-ins against it (tests/typing_hosts.py)
+    diffusers.py       DiffusersHost, and load_pipeline for a diffusers folder or a single checkpoint file
+    single_file.py     .safetensors / .ckpt checkpoints as diffusers pipelines, offline
+    clip_tokenizer.py  CLIP's byte vocabulary and tokenizer, built offline
+    vae.py             a separate VAE file or folder
+    webui.py           WebuiHost and ForgeHost on the webui's loaded model (imports `modules` lazily)
 """

@@ -9,5 +9,7 @@ registers what differs there (HypernetState, WebuiRuntime, a settings reader).
     cards.py     what a card / API entry says about a file
     jobs.py      a training job in a thread (TrainJob, JobStatus), run through a runtime; LocalRuntime for no webui
     actions.py   create a file / start a job from loosely typed fields (API, tabs, standalone UI)
+    widgets.py   the Panel the tabs act on, one component per option field, field values back, message HTML
     tabs.py      the Create and Train tabs, built from the option dataclasses (gradio 3.41 and 4)
+    compare_panel.py  the Train tab's panel that compares a run's saved copies
 """
