@@ -91,7 +91,8 @@ def render_loss(steps: Sequence[int], losses: Sequence[float], title: str = "los
         if suggested is not None and s0 <= suggested <= s1:
             x = left + (suggested - s0) / (s1 - s0) * (right - left)
             d.line([(x, top), (x, bottom)], fill=KEPT_COLOUR, width=1)
-            d.text((min(x + 4, right - 150), bottom + 8), f"suggested copy: step {suggested}", fill=KEPT_COLOUR)
+            # a line below the axis labels: at the last step it would run over the last step's label
+            d.text((min(x + 4, right - 150), bottom + 22), f"suggested copy: step {suggested}", fill=KEPT_COLOUR)
         d.text((4, top), f"{hi:.4g}", fill=(0, 0, 0))
         d.text((4, bottom - 10), f"{lo:.4g}", fill=(0, 0, 0))
         d.text((left, bottom + 8), str(s0), fill=(0, 0, 0))
