@@ -244,7 +244,6 @@ class DiffusersHost:
         mean = (dist.mean.float() - self.shift_factor) * self.scaling_factor
         return mean, dist.std.float() * self.scaling_factor
 
-    @torch.no_grad()
     def _tokens(self, tokenizer, texts):
         return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids.to(self.device)
