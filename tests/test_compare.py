@@ -208,3 +208,15 @@ def test_the_panels_stop_button_stops_a_running_comparison(pipe, run, tmp_path, 
     message, _, _ = compare_panel.compare_click(panel, gr, str(run), *[values[n] for n in
                                                                        compare_panel.COMPARE_FIELDS])
     assert "Stopped" not in message
+
+
+def test_a_run_on_the_tiny_model_finds_it_again_from_another_checkout(tmp_path):
+    from hypernet.apps import models
+    from hypernet.tiny.model import ASSETS
+    moved = {"model": {"name": ASSETS.name, "path": str(tmp_path / "elsewhere" / ASSETS.name)}}
+    assert models.model_of(moved) == str(ASSETS)
+    assert models.model_of({"model": {"name": ASSETS.name, "path": str(tmp_path)}}) == str(tmp_path)
+    with pytest.raises(HypernetError, match="is not at"):
+        models.model_of({"model": {"name": "other", "path": str(tmp_path / "gone")}})
+    with pytest.raises(HypernetError, match="is not at"):
+        models.model_of({"model": "not a table"})

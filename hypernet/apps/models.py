@@ -12,6 +12,7 @@ import torch
 from ..hosts import diffusers
 from ..tiny import model as tiny
 from ..train import compare
+from ..train.config_file import section
 
 
 def load_pipeline(path: Optional[str] = None, *, dtype=torch.float32, kind: str = "auto",
@@ -29,9 +30,7 @@ def load_pipeline(path: Optional[str] = None, *, dtype=torch.float32, kind: str 
 def model_of(settings: dict) -> str:
     """The model a run's settings.json names, found again: the built-in tiny model recorded from another checkout
     is the shipped one here."""
-    model = settings.get("model")
-    model = model if isinstance(model, dict) else {}
-    path = model.get("path") or ""
-    if not Path(path).exists() and model.get("name") == tiny.ASSETS.name:
+    model = section(settings, "model")
+    if not Path(model.get("path") or "").exists() and model.get("name") == tiny.ASSETS.name:
         return str(tiny.ASSETS)
     return compare.model_of(settings)

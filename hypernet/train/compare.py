@@ -23,6 +23,7 @@ from ..bounds import read_json
 from ..config import CompareOptions, CreateOptions
 from ..errors import ConfigError, HypernetError
 from ..fileformat.files import atomic_write_with, inspect
+from .config_file import section
 from .plot import write_png
 
 SUFFIXES = (".pt", ".safetensors")
@@ -132,7 +133,7 @@ def mark_suggested(copies: Sequence[Copy], goal: float) -> List[Copy]:
 def goal_of(settings: dict) -> float:
     """The prompt-kept goal a run was trained with (its settings.json), else the default."""
     from .probe import GOAL
-    run: dict = settings["options"] if isinstance(settings.get("options"), dict) else {}
+    run = section(settings, "options")
     try:
         return float(run.get("prompt_kept_goal", GOAL))
     except (TypeError, ValueError):
@@ -229,7 +230,7 @@ def settings_of(copies: Sequence[Copy]) -> dict:
 def filled(options: CompareOptions, settings: dict) -> CompareOptions:
     """The options with the run's defaults put in: its preview prompt (else first caption) and training size; a
     seed below 0 becomes one random seed, the same for the whole grid (as the webui's X/Y/Z plot draws it)."""
-    run = settings.get("options", {}) if isinstance(settings.get("options"), dict) else {}
+    run = section(settings, "options")
     changes: Dict[str, object] = {"seed": secrets.randbelow(2 ** 32 - 1)} if options.seed < 0 else {}
     if not options.prompts():
         prompt = run.get("preview_prompt") or first_caption(run.get("data"))
@@ -255,7 +256,7 @@ def first_caption(folder) -> str:
 
 def model_of(settings: dict) -> str:
     """The model a run trained on, as a path hosts.diffusers.load_pipeline reads; a HypernetError when it cannot be found again."""
-    model: dict = settings["model"] if isinstance(settings.get("model"), dict) else {}
+    model = section(settings, "model")
     path = model.get("path") or ""
     if path and Path(path).exists():
         return path

@@ -42,6 +42,12 @@ def _parse(path: Path) -> dict:
     return data
 
 
+def section(settings: dict, key: str) -> dict:
+    """The table `key` of a run's settings.json ("options", "model", ...), {} when it is missing or not a table."""
+    value = settings.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _from_settings(data: dict) -> dict:
     """The options a run folder's settings.json records, as a run file: the same run again, with its seed."""
     out = {k: v for k, v in data["options"].items() if v is not None}
@@ -51,7 +57,7 @@ def _from_settings(data: dict) -> dict:
         out["hypernetwork"] = data["source"]  # a continued file: continue it again, its architecture is fixed
     elif isinstance(data.get("hypernetwork"), dict):
         out.update({k: v for k, v in data["hypernetwork"].items() if v is not None})
-    model: dict = data["model"] if isinstance(data.get("model"), dict) else {}
+    model = section(data, "model")
     if model.get("path"):
         out["model"] = model["path"]
     return out
