@@ -13,8 +13,8 @@ above 0.09 means v (real 768-v files lie well above, 512-base files below). It i
 `prediction_type=` (the CLI's `--prediction-type`) overrides it.
 
 Bytes are read once, one model part at a time (a 7 GB SDXL file never sits in memory twice): a .safetensors file is
-memory-mapped once its header passed hypernet/fileformat/container.py's checks; a .ckpt is a pickle, read through that module's
-restricted reader, and one that asks for anything but tensors is refused unread.
+memory-mapped once its header passed hypernet/fileformat/container.py's checks; a .ckpt is a pickle, read through
+that module's restricted reader, and one that asks for anything but tensors is refused unread.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from ..attach import Attachment, attach
 from ..config import CreateOptions, TrainOptions
 from ..errors import HypernetError
 from ..fileformat.files import load
-from ..network import Hypernetwork
+from ..network import Hypernetwork, from_options
 from .host_changes import HostChanges
 from .objective import (min_snr_weight, noisy_latents, per_sample_loss, predicted_x0, sample_noise, sample_timesteps,
                         step_generator, target)
@@ -66,7 +66,8 @@ class _StopOnSigint:
 class Trainer:
     """One training run of one hypernetwork on one host; call run() once."""
 
-    def __init__(self, host: Host, options: TrainOptions, hypernetwork: Union[Hypernetwork, str, os.PathLike, None] = None,
+    def __init__(self, host: Host, options: TrainOptions,
+                 hypernetwork: Union[Hypernetwork, str, os.PathLike, None] = None,
                  create: Optional[CreateOptions] = None, *, stop: Optional[threading.Event] = None,
                  on_progress: Optional[Callable[[Progress], None]] = None, show_progress: bool = True,
                  name: Optional[str] = None, group: Optional[distributed.Group] = None, profile: bool = False):
@@ -124,7 +125,6 @@ class Trainer:
             hn = load(hypernetwork, with_optimizer=True)
         else:
             config = create or CreateOptions(name=name or "hypernetwork", dims=self.host.model_dims())
-            from ..network import from_options
             hn = from_options(config, seed=self.opts.seed if self.opts.seed >= 0 else None)
         if name:
             hn.name = name
@@ -568,6 +568,7 @@ class Trainer:
             self.on_progress(report)
 
 
-def train(host: Host, options: TrainOptions, hypernetwork=None, create: Optional[CreateOptions] = None, **kwargs) -> TrainResult:
+def train(host: Host, options: TrainOptions, hypernetwork=None, create: Optional[CreateOptions] = None,
+          **kwargs) -> TrainResult:
     """Train a hypernetwork on a host; see Trainer for the keyword arguments."""
     return Trainer(host, options, hypernetwork, create, **kwargs).run()
