@@ -30,8 +30,8 @@ def target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alpha_ba
 
 def predicted_x0(prediction_type: str, pred: torch.Tensor, x_t: torch.Tensor,
                  alpha_bar: torch.Tensor) -> torch.Tensor:
-    """The clean latent a prediction implies: (x_t - sqrt(1 - a) * eps) / sqrt(a), or sqrt(a) * x_t - sqrt(1 - a)
-    * v."""
+    """The clean latent a prediction implies: (x_t - sqrt(1 - a) * eps) / sqrt(a) from epsilon,
+    sqrt(a) * x_t - sqrt(1 - a) * v from v."""
     a = _broadcast(alpha_bar, x_t)
     if prediction_type == "epsilon":
         return (x_t - (1 - a).sqrt() * pred) / a.sqrt()
