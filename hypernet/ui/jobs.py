@@ -197,7 +197,8 @@ class TrainJob:
                     "came down)"] if result.overflow_steps else []
         # The copy written at an interrupt comes after the last progress report.
         self._update(state=result.stopped, step=result.step, output=result.output, loss=result.last_loss,
-                     notes=list(trainer.notes) + overflow, suggested=result.suggested, timing=result.timing.line() if result.timing else None,
+                     notes=list(trainer.notes) + overflow, suggested=result.suggested,
+                     timing=result.timing.line() if result.timing else None,
                      suggested_step=result.suggested_step, probes=trainer.probe_points(),
                      last_saved=result.saved[-1] if result.saved else self.status.last_saved)
         self.runtime.finished()

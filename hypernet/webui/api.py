@@ -36,7 +36,7 @@ import dataclasses
 from typing import Any, Dict, Optional
 
 from ..train import compare as compare_copies
-from ..config import CompareOptions, CreateOptions, TrainOptions
+from ..config import CompareOptions, CreateOptions, TrainOptions, field_default
 from ..ui import actions
 from ..ui.actions import CREATE_FIELDS, TRAIN_FIELDS
 from ..ui.jobs import HISTORY
@@ -80,10 +80,8 @@ def _dataclass_fields(cls, *, optional: bool = False) -> dict:
             text += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
         if optional:
             out[f.name] = (Optional[Any], Field(None, description=text))
-        elif f.default is not dataclasses.MISSING:
-            out[f.name] = (Any, Field(f.default, description=text))
-        else:  # a plain default shows in the API docs; unset fields are never passed on (exclude_unset)
-            out[f.name] = (Any, Field(f.default_factory(), description=text))  # type: ignore[operator]
+        else:  # a factory's value too shows as a plain default in the API docs; unset fields are never passed on
+            out[f.name] = (Any, Field(field_default(f), description=text))
     return out
 
 
