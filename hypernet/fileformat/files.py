@@ -21,12 +21,12 @@ from typing import Callable, Dict, Hashable, Optional, TypeVar
 import numpy
 import torch
 
-from . import compat
 from ..bounds import MAX_LAYERS, MAX_STEP, MAX_WIDTHS, brief, parse_json
 from ..config import ACTIVATIONS, MAX_WIDTH, WEIGHT_INITS, CreateOptions, parse_dropout_structure
-from .container import Reader, TensorRef, load_object, read as read_container, webui_refusal
 from ..errors import ConfigError, FileFormatError, HypernetError
 from ..network import Hypernetwork
+from . import compat
+from .container import Reader, TensorRef, load_object, read as read_container, webui_refusal
 
 PT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 ST_SUFFIX = ".safetensors"

@@ -25,8 +25,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..fileformat.container import Container, Reader, TensorRef, read as read_container
 from ..errors import HypernetError, UnsafeFileError
+from ..fileformat.container import Container, Reader, TensorRef, read as read_container
 from .clip_tokenizer import clip_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "assets" / "configs"

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..train.compare import labelled_grid
 from ..attach import attach
 from ..fileformat.files import atomic_write, load
+from ..train.compare import labelled_grid
 from ..train.plot import write_png
 from .scenes import rgb
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import torch
 
-from . import probe
 from ..config import DTYPES, TrainOptions
 from ..errors import HypernetError
 from ..fileformat.files import atomic_write, optim_path, save_optimizer
 from ..network import Hypernetwork
+from . import probe
 
 if TYPE_CHECKING:
     from ..hosts.protocol import Identity

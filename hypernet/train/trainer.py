@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import torch
 
-from . import distributed, optimizers, precision, probe, schedule, timing, validation
 from ..attach import Attachment, attach
 from ..config import CreateOptions, TrainOptions
 from ..errors import HypernetError
 from ..fileformat.files import load
 from ..network import Hypernetwork, from_options
+from . import distributed, optimizers, precision, probe, schedule, timing, validation
 from .host_changes import HostChanges
 from .objective import (min_snr_weight, noisy_latents, per_sample_loss, predicted_x0, sample_noise, sample_timesteps,
                         step_generator, target)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..bounds import check_path
-from ..fileformat.compat import summary
 from ..config import CreateOptions, TrainOptions
 from ..errors import ConfigError, HypernetError, NotFoundError
+from ..fileformat.compat import summary
 from ..fileformat.files import readers_of
 from .settings import SAVE_FORMATS, value
 

@@ -5,8 +5,8 @@ size and layout checks, with the weights left unread. A file the cards call load
 """
 from __future__ import annotations
 
-from ..fileformat.compat import summary
 from ..config import made_for
+from ..fileformat.compat import summary
 from ..fileformat.files import inspect, readers_of
 
 

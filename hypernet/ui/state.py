@@ -19,8 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..attach import Attachment, Compatibility, attach, compatibility, find_attention
 from ..errors import HypernetError, NotFoundError
-from ..tags import Strength
 from ..library import Entry, Library
+from ..tags import Strength
 from . import metadata as _metadata
 from .settings import value
 

@@ -35,8 +35,8 @@ The models work with pydantic 1 (the webui's fastapi 0.94) and 2 (Forge, newer f
 import dataclasses
 from typing import Any, Dict, Optional
 
-from ..train import compare as compare_copies
 from ..config import CompareOptions, CreateOptions, TrainOptions, field_default
+from ..train import compare as compare_copies
 from ..ui import actions
 from ..ui.actions import CREATE_FIELDS, TRAIN_FIELDS
 from ..ui.jobs import HISTORY

@@ -19,10 +19,10 @@ from modules import extra_networks
 
 from ..errors import HypernetError, NotFoundError, TagError
 from ..tags import drop_empty, parse_args, shown
-from . import messages
-from .infotext import HASHES_FIELD, infotext_name
 from ..ui.settings import value
 from ..ui.state import Applied
+from . import messages
+from .infotext import HASHES_FIELD, infotext_name
 from .settings import webui_option
 from .state import HypernetState, clear_builtin, get_state
 from .xyz import FILE_LABEL, PENDING, STRENGTH_LABEL
